@@ -1,0 +1,41 @@
+"""User-facing errors: the CLI prints their message on one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class ZsadError(Exception):
+    """Base of every error caused by the user's input or environment, not by a bug.
+
+    ``exit_code`` is what the CLI exits with when this error ends a run.
+    """
+
+    exit_code: int = 2
+
+
+class UsageError(ZsadError):
+    """A wrong option, name or path given on the command line or to the API."""
+
+
+class ImageError(ZsadError):
+    """One input image cannot be used; the run records it and goes on."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class WeightsNotFoundError(ZsadError):
+    """Pretrained weights are not on this machine and cannot be downloaded."""
+
+
+class DatasetError(ZsadError):
+    """A benchmark dataset folder is missing files or is inconsistent."""
+
+
+class AdapterError(ZsadError):
+    """A learned adapter folder is missing, malformed or made for another backbone."""
+
+
+class BatchTooSmallError(UsageError):
+    """A transductive method got fewer images than it needs."""
