@@ -1,0 +1,51 @@
+"""The field's detection and segmentation metrics (image AUROC/AP/F1-max, pixel AUROC/AP/F1-max, AUPRO)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from zsad.errors import UsageError
+from zsad.metrics.image import f1_max, image_ap, image_auroc
+from zsad.metrics.pixel import pixel_ap, pixel_auroc, pixel_f1_max, pixel_metrics
+from zsad.metrics.pro import AUPRO_VARIANTS, aupro
+
+__all__ = [
+    "AUPRO_VARIANTS",
+    "aupro",
+    "compute_all",
+    "f1_max",
+    "image_ap",
+    "image_auroc",
+    "pixel_ap",
+    "pixel_auroc",
+    "pixel_f1_max",
+    "pixel_metrics",
+]
+
+
+def compute_all(
+    scores: np.ndarray | Sequence[float],
+    labels: np.ndarray | Sequence[int],
+    maps: Sequence[np.ndarray] | np.ndarray | None = None,
+    masks: Sequence[np.ndarray] | np.ndarray | None = None,
+    aupro_variant: str = "mvtec",
+) -> dict[str, float]:
+    """Every standard metric in one dict, the shape the CLI writes to the metrics JSON.
+
+    Keys: ``image_auroc, image_ap, image_f1_max`` and, when ``maps`` is given,
+    ``pixel_auroc, pixel_ap, pixel_f1_max, aupro`` (AUPRO with ``fpr_limit=0.3``).
+    """
+    out = {
+        "image_auroc": image_auroc(scores, labels),
+        "image_ap": image_ap(scores, labels),
+        "image_f1_max": f1_max(scores, labels)[0],
+    }
+    if maps is None:
+        return out
+    if masks is None:
+        raise UsageError("pixel metrics need ground-truth masks along with the anomaly maps")
+    out.update(pixel_metrics(maps, masks))
+    out["aupro"] = aupro(maps, masks, variant=aupro_variant)
+    return out

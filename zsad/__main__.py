@@ -1,0 +1,5 @@
+import sys
+
+from zsad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""Finding pretrained weights on this machine, and saying clearly what to do when they are missing.
+
+The look-up order is the local Hugging Face cache first (honouring ``HF_HOME`` / ``HF_HUB_CACHE`` and
+``cache_dir``), then — unless offline — a download through open_clip / huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from zsad.errors import UsageError, WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def offline_from_env() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network access (read when called, not at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hf_cache_dir(cache_dir: str | None = None) -> str:
+    """The Hugging Face hub cache folder that will be searched."""
+    if cache_dir:
+        return cache_dir
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def _cached_hf_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | None) -> str | None:
+    from huggingface_hub import hf_hub_download
+
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=cache_dir, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss means "not cached"; the caller reports it
+            continue
+    return None
+
+
+def _missing(what: str, looked: list[str], fetch_hint: str, offline: bool, cause: Exception | None = None) -> None:
+    mode = "HF_HUB_OFFLINE=1 is set, so nothing was downloaded" if offline else "the download failed"
+    detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
+    raise WeightsNotFoundError(
+        f"weights for {what} are not on this machine and {mode}{detail}. Looked in: {'; '.join(looked)}. "
+        f"On a connected machine run: {fetch_hint} — then copy the Hugging Face cache folder to this machine "
+        f"(or set HF_HOME/HF_HUB_CACHE to it), or pass a local file as --backbone ARCH:/path/to/weights. "
+        f"For a smoke run without weights use --backbone tiny-random."
+    ) from cause
+
+
+def resolve_tag_checkpoint(arch: str, tag: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
+    """Local path of the checkpoint for an open_clip ``arch:tag``, downloading it when allowed."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        if arch not in open_clip.list_models():
+            raise UsageError(f"unknown backbone architecture '{arch}' (see `zsad models` or open_clip.list_models())")
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise UsageError(f"unknown pretrained tag '{tag}' for {arch}; known tags: {', '.join(tags) or 'none'}")
+    offline = offline_from_env() if offline is None else offline
+    looked: list[str] = []
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        names = (filename,) if filename else _WEIGHT_FILES
+        found = _cached_hf_file(repo_id, names, cache_dir)
+        if found:
+            return found
+        looked.append(f"Hugging Face cache {hf_cache_dir(cache_dir)} for {repo_id} ({', '.join(names)})")
+    url = cfg.get("url", "")
+    if url:
+        url_cache = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+        if url_cache.is_file():
+            return str(url_cache)
+        looked.append(str(url_cache))
+    hint = f"python -c \"import open_clip; open_clip.create_model('{arch}', pretrained='{tag}')\""
+    if offline:
+        _missing(f"{arch}:{tag}", looked, hint, offline)
+    try:
+        return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types; all mean "missing"
+        _missing(f"{arch}:{tag}", looked, hint, offline, exc)
+    raise AssertionError("unreachable")
+
+
+def resolve_hf_hub_dir(repo_id: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
+    """Local snapshot folder of an open_clip model on the Hub (config + weights)."""
+    from huggingface_hub import snapshot_download
+
+    offline = offline_from_env() if offline is None else offline
+    patterns = ["open_clip_config.json", *_WEIGHT_FILES]
+    try:
+        path = snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=True)
+        if (Path(path) / "open_clip_config.json").is_file():
+            return path
+    except Exception:  # noqa: BLE001 - a miss is reported below
+        pass
+    looked = [f"Hugging Face cache {hf_cache_dir(cache_dir)} for {repo_id}"]
+    hint = f"huggingface-cli download {repo_id}"
+    if offline:
+        _missing(f"hf-hub:{repo_id}", looked, hint, offline)
+    try:
+        return snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns)
+    except Exception as exc:  # noqa: BLE001
+        _missing(f"hf-hub:{repo_id}", looked, hint, offline, exc)
+    raise AssertionError("unreachable")
+
+
+def check_weights_file(path: str) -> str:
+    """A local checkpoint given by path must exist and be a file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WeightsNotFoundError(f"weights file {p} does not exist (from --backbone ARCH:{path})")
+    return str(p)

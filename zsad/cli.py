@@ -1,0 +1,172 @@
+"""The ``zsad`` command line: a thin shell over the Python API.
+
+Exit codes: 0 every image scored, 1 some images failed, 2 usage error (bad option, path, name, weights).
+User mistakes print one line (``zsad: error: ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from zsad.errors import ZsadError
+
+log = logging.getLogger("zsad")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from zsad.backbones.names import DEFAULT_BACKBONE
+
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"ARCH:TAG, ARCH:random, ARCH:/path/to/weights, hf-hub:ORG/REPO or tiny-random "
+                        f"(default {DEFAULT_BACKBONE})")
+    p.add_argument("--class-name", default=None, help='what the images show, e.g. "bottle" (default "object")')
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--image-size", type=int, default=518, help="squash-resize size, a multiple of the patch size")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="decision threshold on image scores and map values, in [0, 1] (default 0.5)")
+    p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for weights")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from zsad.methods import list_methods
+
+    parser = argparse.ArgumentParser(prog="zsad", description="Zero-shot anomaly detection with vision-language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    score = sub.add_parser("score", help="score images: per-image score, anomaly map, mask, defect type")
+    score.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    score.add_argument("--method", default="clip", choices=list_methods())
+    _add_model_options(score)
+    score.add_argument("--out", default="zsad-results", help="output folder (default zsad-results)")
+    score.add_argument("--resume", action="store_true", help="skip images already in OUT/results.csv")
+    score.add_argument("--no-maps", action="store_true", help="do not write heat-map overlays")
+    score.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
+    score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    score.set_defaults(func=cmd_score)
+
+    models = sub.add_parser("models", help="list methods and backbones")
+    models.set_defaults(func=cmd_models)
+
+    synth = sub.add_parser("make-synthetic", help="write a synthetic MVTec-AD-layout dataset with planted defects")
+    synth.add_argument("root")
+    synth.add_argument("--categories", default=None, help="comma-separated (default: all)")
+    synth.add_argument("--n-train-good", type=int, default=5)
+    synth.add_argument("--n-test-good", type=int, default=5)
+    synth.add_argument("--n-test-defect", type=int, default=5)
+    synth.add_argument("--size", type=int, default=256)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_make_synthetic)
+    return parser
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    import zsad
+    from zsad.data.images import DEFAULT_MAX_PIXELS, discover_images, load_image
+    from zsad.errors import ImageError
+    from zsad.outputs import ResultWriter
+
+    started = time.perf_counter()
+    inputs = discover_images(args.inputs)
+    detector = zsad.create(
+        args.method, backbone=args.backbone, device=args.device, precision=args.precision,
+        image_size=args.image_size, batch_size=args.batch_size, threshold=args.threshold,
+        class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False,
+        **({"prompts": args.prompts} if args.prompts else {}),
+    )
+    if detector.backbone.random_weights:
+        print(f"zsad: WARNING: backbone '{args.backbone}' has random weights: scores are meaningless "
+              f"(fine for tests and smoke runs; use real weights for inspection)", file=sys.stderr)
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    scored = anomalous = failed = 0
+    with ResultWriter(args.out, resume=args.resume, save_maps=not args.no_maps) as writer:
+        todo = [item for item in inputs if str(item.path) not in writer.done]
+        if args.resume and len(todo) < len(inputs):
+            print(f"zsad: resuming: {len(inputs) - len(todo)} images already done", file=sys.stderr)
+        step = len(todo) if detector.method.transductive else args.batch_size
+        bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None)
+        for chunk in _batches(todo, max(1, step)):
+            loaded = []
+            for item in chunk:
+                try:
+                    loaded.append((item, load_image(item.path, max_pixels=max_pixels)))
+                except ImageError as exc:
+                    log.warning(str(exc))
+                    writer.write_error(str(item.path), exc.problem)
+                    failed += 1
+                    bar.update(1)
+            if not loaded:
+                continue
+            results = detector.score_images([img for _, img in loaded], [str(item.path) for item, _ in loaded])
+            for (item, image), result in zip(loaded, results):
+                writer.write(result, image, item.relative)
+                scored += 1
+                anomalous += int(result.pred_label)
+                bar.update(1)
+        bar.close()
+    seconds = time.perf_counter() - started
+    print(f"zsad: {scored + failed} images: {scored} scored, {anomalous} anomalous, {failed} failed, "
+          f"{seconds:.1f} s -> {args.out}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from zsad.backbones import KNOWN_BACKBONES
+    from zsad.methods import METHODS
+
+    print("methods:")
+    for name, (_, _, description) in METHODS.items():
+        print(f"  {name:14s} {description}")
+    print("backbones (any open_clip ViT ARCH:TAG works too; see open_clip.list_pretrained()):")
+    for name, description in KNOWN_BACKBONES:
+        print(f"  {name:34s} {description}")
+    return EXIT_OK
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zsad.data.synthetic import make_dataset
+
+    categories = args.categories.split(",") if args.categories else None
+    folders = make_dataset(Path(args.root), categories=categories, n_train_good=args.n_train_good,
+                           n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, size=args.size,
+                           seed=args.seed)
+    print(f"zsad: wrote {len(folders)} categories under {args.root}", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="zsad: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except ZsadError as exc:
+        print(f"zsad: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("zsad: interrupted; finished rows are kept (use --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

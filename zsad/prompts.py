@@ -1,0 +1,133 @@
+"""Prompt banks as data: state words, sentence templates and a defect vocabulary, loaded from YAML.
+
+The bundled banks live in ``prompts/`` (shipped inside the wheel as ``zsad/_data/prompts``). A user file
+given with ``--prompts`` has the same schema and may hold any of the top-level keys ``states``,
+``templates`` and ``defects``; the keys it has replace the bundled ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zsad.errors import UsageError
+
+BANK_FILES = ("states.yaml", "templates.yaml", "defects.yaml")
+
+
+def prompts_dir() -> Path:
+    """The bundled prompt folder: inside the installed wheel, or the repository's ``prompts/`` in editable mode."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data" / "prompts", here.parent / "prompts"):
+        if (candidate / "states.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"zsad's bundled prompt banks are missing (looked in {here / '_data' / 'prompts'} and "
+                            f"{here.parent / 'prompts'}); reinstall zsad")
+
+
+@dataclass(frozen=True)
+class PromptBank:
+    """Everything the text side of a training-free method needs."""
+
+    normal_states: tuple[str, ...]
+    anomalous_states: tuple[str, ...]
+    templates: tuple[str, ...]
+    defect_templates: tuple[str, ...]
+    defects: Mapping[str, tuple[str, ...]]
+
+    def state_sentences(self, class_name: str) -> tuple[list[str], list[str]]:
+        """All ``template x state`` sentences for the normal and the anomalous state of ``class_name``."""
+        normal = [t.format(s.format(class_name)) for s in self.normal_states for t in self.templates]
+        anomalous = [t.format(s.format(class_name)) for s in self.anomalous_states for t in self.templates]
+        return normal, anomalous
+
+    def defect_sentences(self, class_name: str) -> dict[str, list[str]]:
+        """Sentences per defect type, every synonym in every defect template."""
+        return {
+            kind: [t.format(object=class_name, defect=syn) for syn in synonyms for t in self.defect_templates]
+            for kind, synonyms in self.defects.items()
+        }
+
+
+def _fail(source: str, key: str, problem: str) -> None:
+    raise UsageError(f"prompts file {source}: key '{key}' {problem}")
+
+
+def _string_list(value: Any, source: str, key: str, placeholder: str | None = "{}") -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        _fail(source, key, "must be a non-empty list of strings")
+    if placeholder is not None:
+        bad = [v for v in value if placeholder not in v]
+        if bad:
+            _fail(source, key, f"has entries without the placeholder {placeholder}: {bad[:3]}")
+    return tuple(value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"prompts file {path}: cannot read it ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"prompts file {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"prompts file {path}: expected a mapping with keys states / templates / defects")
+    unknown = set(data) - {"states", "templates", "defects"}
+    if unknown:
+        _fail(str(path), sorted(unknown)[0], "is not one of states, templates, defects")
+    return data
+
+
+def _parse_templates(section: Any, source: str) -> tuple[str, ...]:
+    if isinstance(section, list):
+        return _string_list(section, source, "templates")
+    if not isinstance(section, dict) or not isinstance(section.get("families"), dict) or not section["families"]:
+        _fail(source, "templates.families", "must be a mapping of family name -> list of templates")
+    families = {name: _string_list(v, source, f"templates.families.{name}") for name, v in section["families"].items()}
+    chosen = section.get("default", list(families))
+    if isinstance(chosen, str):
+        chosen = [chosen]
+    if not isinstance(chosen, list) or not chosen:
+        _fail(source, "templates.default", "must name one or more families")
+    missing = [c for c in chosen if c not in families]
+    if missing:
+        _fail(source, "templates.default", f"names unknown families {missing}; known: {sorted(families)}")
+    return tuple(t for name in chosen for t in families[name])
+
+
+def _parse_defects(section: Any, source: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    if not isinstance(section, dict):
+        _fail(source, "defects", "must be a mapping with keys templates and types")
+    templates = _string_list(section.get("templates"), source, "defects.templates", placeholder="{defect}")
+    types = section.get("types")
+    if not isinstance(types, dict) or not types:
+        _fail(source, "defects.types", "must be a mapping of defect type -> list of synonyms")
+    vocab = {str(k): _string_list(v, source, f"defects.types.{k}", placeholder=None) for k, v in types.items()}
+    return templates, vocab
+
+
+def load_prompt_bank(user_file: str | Path | None = None) -> PromptBank:
+    """The bundled bank, with the sections present in ``user_file`` replacing the bundled ones."""
+    bundled = prompts_dir()
+    merged: dict[str, tuple[Any, str]] = {}
+    for name in BANK_FILES:
+        path = bundled / name
+        merged.update({k: (v, str(path)) for k, v in _read_yaml(path).items()})
+    if user_file is not None:
+        path = Path(user_file)
+        if not path.is_file():
+            raise UsageError(f"prompts file {path} does not exist")
+        merged.update({k: (v, str(path)) for k, v in _read_yaml(path).items()})
+
+    states, source = merged["states"]
+    if not isinstance(states, dict):
+        _fail(source, "states", "must be a mapping with keys normal and anomalous")
+    normal = _string_list(states.get("normal"), source, "states.normal")
+    anomalous = _string_list(states.get("anomalous"), source, "states.anomalous")
+    templates = _parse_templates(*merged["templates"])
+    defect_templates, vocab = _parse_defects(*merged["defects"])
+    return PromptBank(normal, anomalous, templates, defect_templates, vocab)
