@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score images: per-image score, anomaly map, mask, defect type")
     score.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
-    score.add_argument("--method", default="clip", choices=list_methods())
+    score.add_argument("--method", default="auto", choices=list_methods(),
+                       help="auto (default): MuSc fused with clip for >= 5 images, clip alone otherwise")
+    score.add_argument("--group-by", default="none", choices=["none", "folder"],
+                       help="folder: score each subfolder as its own category (matters for musc/auto)")
     _add_model_options(score)
     score.add_argument("--out", default="zsad-results", help="output folder (default zsad-results)")
     score.add_argument("--resume", action="store_true", help="skip images already in OUT/results.csv")
@@ -75,12 +78,98 @@ def _batches(items: Sequence, size: int):
         yield items[start:start + size]
 
 
+def _group(items: list, group_by: str) -> list[tuple[str, list]]:
+    """Images scored jointly by transductive methods: all together, or one group per subfolder."""
+    if group_by == "none":
+        return [("", items)]
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(str(item.relative.parent), []).append(item)
+    return list(groups.items())
+
+
+class _Run:
+    """Counts and writes one ``zsad score`` run's outcomes."""
+
+    def __init__(self, writer, bar) -> None:
+        self.writer, self.bar = writer, bar
+        self.scored = self.anomalous = self.failed = 0
+
+    def error(self, path: str, problem: str) -> None:
+        log.warning("%s: %s", path, problem)
+        self.writer.write_error(path, problem)
+        self.failed += 1
+        self.bar.update(1)
+
+    def result(self, result, image, relative) -> None:
+        self.writer.write(result, image, relative)
+        self.scored += 1
+        self.anomalous += int(result.pred_label)
+        self.bar.update(1)
+
+    def load(self, items, max_pixels: int) -> list:
+        from zsad.data.images import load_image
+        from zsad.errors import ImageError
+
+        loaded = []
+        for item in items:
+            try:
+                loaded.append((item, load_image(item.path, max_pixels=max_pixels)))
+            except ImageError as exc:
+                self.error(str(item.path), exc.problem)
+        return loaded
+
+
+def _score_independent(detector, items, run: _Run, batch_size: int, max_pixels: int) -> None:
+    for chunk in _batches(items, batch_size):
+        loaded = run.load(chunk, max_pixels)
+        if loaded:
+            results = detector.score_images([img for _, img in loaded], [str(item.path) for item, _ in loaded])
+            for (item, image), result in zip(loaded, results):
+                run.result(result, image, item.relative)
+
+
+def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_pixels: int, several: bool) -> None:
+    """Transductive scoring of one group: features chunk by chunk (images are not kept), then joint scoring;
+    images are read again only to draw their overlays. Rows already written (resume) are not written again."""
+    from zsad.data.images import load_image
+    from zsad.errors import BatchTooSmallError, ImageError
+
+    method = detector.method
+    kept, sizes, chunks = [], [], []
+    for chunk in _batches(items, batch_size):
+        loaded = run.load(chunk, max_pixels)
+        if loaded:
+            chunks.append(method.extract(detector.backbone.preprocess([img for _, img in loaded])))
+            kept += [item for item, _ in loaded]
+            sizes += [img.size for _, img in loaded]
+    if not kept:
+        return
+    if len(kept) < method.min_batch:
+        where = f"folder '{name}'" if several else "the input"
+        message = (f"MuSc needs a batch of at least {method.min_batch} images of one category and {where} has "
+                   f"{len(kept)}; use --method clip (or auto) for fewer images")
+        if not several:
+            raise BatchTooSmallError(message)
+        for item in kept:
+            run.error(str(item.path), message)
+        return
+    for item, result in zip(kept, method.results(method.combine(chunks), sizes, [str(i.path) for i in kept])):
+        if str(item.path) in run.writer.done:
+            continue
+        try:
+            image = load_image(item.path, max_pixels=max_pixels)
+        except ImageError as exc:  # the file changed since it was read
+            run.error(str(item.path), exc.problem)
+            continue
+        run.result(result, image, item.relative)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import zsad
-    from zsad.data.images import DEFAULT_MAX_PIXELS, discover_images, load_image
-    from zsad.errors import ImageError
+    from zsad.data.images import DEFAULT_MAX_PIXELS, discover_images
     from zsad.outputs import ResultWriter
 
     started = time.perf_counter()
@@ -95,36 +184,25 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"zsad: WARNING: backbone '{args.backbone}' has random weights: scores are meaningless "
               f"(fine for tests and smoke runs; use real weights for inspection)", file=sys.stderr)
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    scored = anomalous = failed = 0
+    groups = _group(inputs, args.group_by)
     with ResultWriter(args.out, resume=args.resume, save_maps=not args.no_maps) as writer:
         todo = [item for item in inputs if str(item.path) not in writer.done]
         if args.resume and len(todo) < len(inputs):
             print(f"zsad: resuming: {len(inputs) - len(todo)} images already done", file=sys.stderr)
-        step = len(todo) if detector.method.transductive else args.batch_size
-        bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None)
-        for chunk in _batches(todo, max(1, step)):
-            loaded = []
-            for item in chunk:
-                try:
-                    loaded.append((item, load_image(item.path, max_pixels=max_pixels)))
-                except ImageError as exc:
-                    log.warning(str(exc))
-                    writer.write_error(str(item.path), exc.problem)
-                    failed += 1
-                    bar.update(1)
-            if not loaded:
+        run = _Run(writer, tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None))
+        for name, items in groups:
+            if all(str(item.path) in writer.done for item in items):
                 continue
-            results = detector.score_images([img for _, img in loaded], [str(item.path) for item, _ in loaded])
-            for (item, image), result in zip(loaded, results):
-                writer.write(result, image, item.relative)
-                scored += 1
-                anomalous += int(result.pred_label)
-                bar.update(1)
-        bar.close()
+            if detector.method.transductive:  # a partly written group is scored whole again: scores are joint
+                _score_jointly(detector, name, items, run, args.batch_size, max_pixels, len(groups) > 1)
+            else:
+                pending = [item for item in items if str(item.path) not in writer.done]
+                _score_independent(detector, pending, run, args.batch_size, max_pixels)
+        run.bar.close()
     seconds = time.perf_counter() - started
-    print(f"zsad: {scored + failed} images: {scored} scored, {anomalous} anomalous, {failed} failed, "
-          f"{seconds:.1f} s -> {args.out}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    print(f"zsad: {run.scored + run.failed} images: {run.scored} scored, {run.anomalous} anomalous, "
+          f"{run.failed} failed, {seconds:.1f} s -> {args.out}", file=sys.stderr)
+    return EXIT_SOME_FAILED if run.failed else EXIT_OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:

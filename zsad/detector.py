@@ -67,7 +67,9 @@ class Detector:
                 f"method '{self.name}' scores images against each other and needs at least "
                 f"{self.method.min_batch} images, got {len(images)}; use --method clip for fewer images"
             )
-        step = len(images) if self.method.transductive else self.batch_size
+        if self.method.transductive:
+            return list(self.method.results(self.extract(images), [img.size for img in images], list(paths)))
+        step = self.batch_size
         results: list[AnomalyResult] = []
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
@@ -75,6 +77,13 @@ class Detector:
             sizes = [img.size for img in chunk]
             results.extend(self.method.score_tensors(tensor, sizes, list(paths[start:start + step])))
         return results
+
+
+    def extract(self, images: Sequence[Image.Image]):
+        """Features of a transductive method for ``images``, extracted ``batch_size`` at a time and combined."""
+        chunks = [self.method.extract(self.backbone.preprocess(images[s:s + self.batch_size]))
+                  for s in range(0, len(images), self.batch_size)]
+        return self.method.combine(chunks)
 
 
 def create(

@@ -32,11 +32,14 @@ class TokenOutput:
             that block; from the V-V stream for blocks ``>= vv_start`` when the V-V path was asked for.
         pooled: ``[B, D]`` the standard CLIP image embedding (``ln_post`` on the class token, then ``proj``).
         cls_raw: ``[B, C]`` the final class token before ``ln_post`` (AnomalyCLIP's global feature).
+        plain: the same blocks from the original stream (equal to ``layers`` when no V-V path was asked
+            for), so one pass serves methods that need both.
     """
 
     layers: dict[int, torch.Tensor]
     pooled: torch.Tensor
     cls_raw: torch.Tensor
+    plain: dict[int, torch.Tensor]
 
 
 def interpolate_pos_embed(pos: torch.Tensor, new_grid: int, mode: str = "bicubic") -> torch.Tensor:
@@ -177,6 +180,7 @@ class ClipBackbone(nn.Module):
         x = self._embed(images)
         surgery: torch.Tensor | None = None
         taps: dict[int, torch.Tensor] = {}
+        plain: dict[int, torch.Tensor] = {}
         blocks = self.model.visual.transformer.resblocks
         for index, block in enumerate(blocks):
             if vv and index >= vv_start:
@@ -185,12 +189,14 @@ class ClipBackbone(nn.Module):
             x = block(x)
             if index in wanted:
                 taps[index] = surgery if (vv and surgery is not None) else x
+                plain[index] = x
         visual = self.model.visual
         cls_raw = x[:, 0]
         pooled = visual.ln_post(cls_raw)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
-        return TokenOutput(layers={i: taps[i] for i in wanted}, pooled=pooled, cls_raw=cls_raw)
+        return TokenOutput(layers={i: taps[i] for i in wanted}, pooled=pooled, cls_raw=cls_raw,
+                           plain={i: plain[i] for i in wanted})
 
     def project_patches(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` and ``proj`` applied to every token: ``[B, N, C] -> [B, N, D]`` in the text space."""

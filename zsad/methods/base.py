@@ -48,3 +48,16 @@ class Method(nn.Module):
     ) -> list[AnomalyResult]:
         """Score ``[B, 3, S, S]`` preprocessed images whose original ``(width, height)`` are ``sizes``."""
         raise NotImplementedError
+
+    # Transductive methods score a batch jointly in three steps, so features of thousands of images can be
+    # extracted chunk by chunk and full-size maps are produced one at a time:
+    #   extract(chunk) -> features;  combine([features, ...]) -> features;  results(features, sizes, paths)
+    def extract(self, images: torch.Tensor):
+        raise NotImplementedError(f"method '{self.name}' is not transductive")
+
+    @staticmethod
+    def combine(chunks: Sequence):
+        raise NotImplementedError
+
+    def results(self, features, sizes: Sequence[tuple[int, int]], paths: Sequence[str | None]):
+        raise NotImplementedError

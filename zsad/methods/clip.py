@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zsad.backbones import ClipBackbone
+from zsad.backbones import ClipBackbone, TokenOutput
 from zsad.methods.base import Method
 from zsad.prompts import PromptBank, load_prompt_bank
 from zsad.runtime import autocast
@@ -39,6 +39,15 @@ class ClipConfig:
     sigma_at_518: float = 4.0
     defect_top_fraction: float = 0.1  # hottest patches pooled to name the defect type
     prompts: str | None = None  # a user YAML replacing bundled sections
+
+
+@dataclass
+class ClipEvidence:
+    """What one pass yields per image: ``[B, L]`` patch and ``[B]`` global probabilities (CPU), defect probs."""
+
+    patch_probs: torch.Tensor
+    global_prob: torch.Tensor
+    defect_probs: list[dict[str, float]]
 
 
 def ensemble_embedding(backbone: ClipBackbone, sentences: Sequence[str]) -> torch.Tensor:
@@ -75,17 +84,27 @@ class ClipMethod(Method):
                 defect = [ensemble_embedding(self.backbone, kinds[k]) for k in kinds]
             self._defect_text[name] = (list(kinds), torch.stack(defect).float())
 
-    def patch_probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[B, L]`` mean anomalous probability per patch, ``[B]`` global probability, ``[B, L, D]`` deepest
-        tapped patch features (unit length)."""
+    def run_backbone(self, images: torch.Tensor, extra_layers: Sequence[int] = ()) -> TokenOutput:
+        """One backbone pass with this method's V-V taps (plus ``extra_layers``, e.g. MuSc's, on the plain path)."""
+        layers = sorted(set(self.layers) | set(extra_layers))
+        with autocast(self.device, self.dtype):
+            return self.backbone.tokens(images, layers, vv=self.config.vv, vv_start=self.config.vv_start)
+
+    def evidence(self, out: TokenOutput) -> ClipEvidence:
+        """Per-patch and global anomalous probabilities, and defect-type probabilities, from one pass."""
         text = self._state_text[self.class_name]
         with autocast(self.device, self.dtype):
-            out = self.backbone.tokens(images, self.layers, vv=self.config.vv, vv_start=self.config.vv_start)
             feats = [F.normalize(self.backbone.project_patches(out.layers[i][:, 1:]).float(), dim=-1)
                      for i in self.layers]
-        probs = torch.stack([((f @ text.T) / self.config.temperature).softmax(-1)[..., 1] for f in feats])
+        probs = torch.stack([((f @ text.T) / self.config.temperature).softmax(-1)[..., 1] for f in feats]).mean(0)
         global_prob = ((F.normalize(out.pooled.float(), dim=-1) @ text.T) / self.config.temperature).softmax(-1)
-        return probs.mean(0), global_prob[:, 1], feats[-1]
+        return ClipEvidence(patch_probs=probs.cpu(), global_prob=global_prob[:, 1].cpu(),
+                            defect_probs=self.defect_probabilities(probs, feats[-1]))
+
+    def maps_at_input_size(self, patch_probs: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` patch probabilities -> ``[B, S, S]`` upsampled and smoothed maps."""
+        size = self.backbone.image_size
+        return gaussian_smooth(grid_to_image(patch_probs, size), self.config.sigma_at_518 * size / 518)
 
     def defect_probabilities(self, patch_probs: torch.Tensor, feats: torch.Tensor) -> list[dict[str, float]]:
         """Name the defect: pool the hottest patches' features and score them against the defect vocabulary."""
@@ -100,18 +119,15 @@ class ClipMethod(Method):
     def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
         if self.class_name not in self._state_text:
             self.setup(self.class_name)
-        size = self.backbone.image_size
-        patch_probs, global_prob, feats = self.patch_probabilities(images)
-        maps = grid_to_image(patch_probs, size)
-        maps = gaussian_smooth(maps, self.config.sigma_at_518 * size / 518)
-        map_max = maps.flatten(1).amax(1).cpu()
-        image_scores = 0.5 * (global_prob.cpu() + map_max)
-        defect_probs = self.defect_probabilities(patch_probs, feats)
+        ev = self.evidence(self.run_backbone(images))
+        maps = self.maps_at_input_size(ev.patch_probs)
+        map_max = maps.flatten(1).amax(1)
+        image_scores = 0.5 * (ev.global_prob + map_max)
         results = []
         for i, amap in enumerate(to_original_size(maps, sizes)):
             results.append(build_result(
                 image_score=float(image_scores[i]), anomaly_map=amap, threshold=self.threshold, method=self.name,
-                defect_probs=defect_probs[i], path=paths[i],
-                extras={"global_score": float(global_prob[i]), "map_max": float(map_max[i])},
+                defect_probs=ev.defect_probs[i], path=paths[i],
+                extras={"global_score": float(ev.global_prob[i]), "map_max": float(map_max[i])},
             ))
         return results

@@ -1,0 +1,143 @@
+"""MuSc: unlabeled images of one category score each other's patches (Li et al., ICLR 2024; xrli-U/MuSc).
+
+Pipeline (the official code is the ground truth where it and the paper differ): raw residual-stream patch
+tokens of four blocks (0-based [5, 11, 17, 23] for 24-block ViTs, [2, 5, 8, 11] for 12-block ones) -> LNAMD with
+r in {1, 3, 5} -> MSM per (r, block) -> mean of the 12 maps -> bilinear upsampling (``align_corners=True``) to
+the input size -> image score = maximum of the upsampled map -> RsCIN with the CLIP image embeddings.
+
+Scores are relative to the batch: RsCIN min-max normalises image scores over the batch, and maps are min-max
+normalised with the batch's smallest and largest map values, so the most anomalous image of a batch scores 1
+and the threshold 0.5 means "halfway between the batch's most normal and most anomalous". Use
+``zsad evaluate`` or known-good images to pick a calibrated threshold.
+
+The stages are pure functions in :mod:`zsad.scoring.mutual`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from zsad.backbones import ClipBackbone, TokenOutput
+from zsad.errors import BatchTooSmallError
+from zsad.methods.base import Method
+from zsad.runtime import autocast
+from zsad.scoring.maps import grid_to_image, to_original_size
+from zsad.scoring.mutual import lnamd, musc_patch_scores, mutual_scores, mutual_scores_reference, rscin
+from zsad.scoring.postprocess import build_result
+from zsad.types import AnomalyResult
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGES = 5
+
+__all__ = ["MuscConfig", "MuscFeatures", "MuscMethod", "lnamd", "mutual_scores", "mutual_scores_reference",
+           "rscin", "musc_patch_scores"]
+
+
+@dataclass(frozen=True)
+class MuscConfig:
+    """MuSc's published defaults; ``reference_size`` trades exactness for speed on very large batches."""
+
+    layers: tuple[int, ...] | None = None  # None = 4 evenly spread blocks
+    rs: tuple[int, ...] = (1, 3, 5)
+    top_fraction: float = 0.3
+    block: int = 8
+    reference_size: int | None = None
+    max_exact_images: int = 1000  # above this, reference_size defaults to 500 (logged): the exact table is N^2
+    seed: int = 0
+    rscin_ks: tuple[int, ...] = (1, 2, 3)  # MVTec/BTAD setting; VisA uses (1, 8, 9)
+    storage: str = "auto"  # host storage of tokens: fp16 on CUDA, fp32 on CPU ("fp16" / "fp32" to force)
+    progress: bool = False
+
+
+@dataclass
+class MuscFeatures:
+    """Per-image features kept on the host between extraction and mutual scoring."""
+
+    layers: list[torch.Tensor]  # per block ``[B, L, C]`` patch tokens (no class token)
+    pooled: torch.Tensor  # ``[B, D]`` CLIP image embeddings for RsCIN
+
+
+def concat_features(chunks: Sequence[MuscFeatures]) -> MuscFeatures:
+    return MuscFeatures(
+        layers=[torch.cat([c.layers[i] for c in chunks]) for i in range(len(chunks[0].layers))],
+        pooled=torch.cat([c.pooled for c in chunks]),
+    )
+
+
+class MuscMethod(Method):
+    name = "musc"
+    min_batch = MIN_IMAGES
+    transductive = True
+    pos_interpolation = "bicubic"
+    config_class = MuscConfig
+
+    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, threshold: float,
+                 config: MuscConfig | None = None) -> None:
+        super().__init__(backbone, dtype=dtype, threshold=threshold)
+        self.config = config or MuscConfig()
+        self.layers = list(self.config.layers) if self.config.layers else backbone.default_layers(4)
+        storage = self.config.storage
+        if storage == "auto":
+            storage = "fp16" if backbone.device.type == "cuda" else "fp32"
+        self.storage_dtype = torch.float16 if storage == "fp16" else torch.float32
+
+    def features_from_tokens(self, out: TokenOutput) -> MuscFeatures:
+        """Plain-path patch tokens moved to host memory in the storage dtype."""
+        layers = [out.plain[i][:, 1:].to("cpu", self.storage_dtype) for i in self.layers]
+        return MuscFeatures(layers=layers, pooled=F.normalize(out.pooled.float(), dim=-1).cpu())
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor) -> MuscFeatures:
+        with autocast(self.device, self.dtype):
+            out = self.backbone.tokens(images, self.layers)
+        return self.features_from_tokens(out)
+
+    combine = staticmethod(concat_features)
+
+    def patch_scores(self, feats: MuscFeatures) -> torch.Tensor:
+        """``[N, L]`` mean MSM distances (higher = more anomalous), computed on the backbone's device."""
+        n = feats.pooled.shape[0]
+        if n < MIN_IMAGES:
+            raise BatchTooSmallError(
+                f"MuSc scores images against each other and needs a batch of at least {MIN_IMAGES} images of one "
+                f"category, got {n}; use --method clip for fewer images")
+        reference_size = self.config.reference_size
+        if reference_size is None and n > self.config.max_exact_images:
+            reference_size = 500
+            log.warning("MuSc: %d images > %d, scoring each against 500 sampled references (set reference_size or "
+                        "max_exact_images to change)", n, self.config.max_exact_images)
+        return musc_patch_scores(feats.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
+                                 block=self.config.block, reference_size=reference_size, device=self.device,
+                                 progress=self.config.progress, seed=self.config.seed)
+
+    def image_scores(self, patch_scores: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image score = max of each upsampled map, re-scored by RsCIN (in [0, 1]); also returns the batch's
+        (min, max) map values for normalising the maps."""
+        maxima, minima = [], []
+        for row in patch_scores:
+            up = grid_to_image(row[None], self.backbone.image_size, align_corners=True)
+            maxima.append(up.max())
+            minima.append(up.min())
+        raw = torch.stack(maxima)
+        return rscin(raw, pooled, ks=self.config.rscin_ks), torch.stack([torch.stack(minima).min(), raw.max()])
+
+    def results(self, feats: MuscFeatures, sizes: Sequence[tuple[int, int]],
+                paths: Sequence[str | None]) -> Iterator[AnomalyResult]:
+        """Score the whole batch jointly, then yield one result at a time (full-size maps are not all kept)."""
+        patch = self.patch_scores(feats)
+        scores, (lo, hi) = self.image_scores(patch, feats.pooled)
+        span = float(hi - lo) or 1.0
+        for i, (size, path) in enumerate(zip(sizes, paths)):
+            up = grid_to_image(patch[i][None], self.backbone.image_size, align_corners=True)
+            amap = to_original_size((up - lo) / span, [size])[0]
+            yield build_result(image_score=float(scores[i]), anomaly_map=amap, threshold=self.threshold,
+                               method=self.name, path=path, extras={"map_max_raw": float(up.max())})
+
+    def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
+        return list(self.results(self.extract(images), sizes, paths))
