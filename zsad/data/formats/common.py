@@ -6,12 +6,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from zsad.data.images import IMAGE_EXTENSIONS
 from zsad.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-#: Suffixes (lower case) that count as images when a reader lists a folder.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 #: Suffixes tried for mask files, in order of preference.
 MASK_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff")
 #: ``defect_type`` of every normal sample, whatever the layout calls its normal folder.
