@@ -1,0 +1,118 @@
+"""``zsad.evaluate``: end-to-end benchmark runs on a tiny synthetic dataset with a random backbone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zsad.data.synthetic import make_dataset
+from zsad.errors import DatasetError, UsageError
+from zsad.evaluate import METRIC_KEYS, EvaluateConfig, add_evaluate_parser, evaluate, threshold_from_good
+
+CATEGORIES = ("weave", "disc")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    make_dataset(root, categories=list(CATEGORIES), n_train_good=3, n_test_good=3, n_test_defect=3, size=64, seed=0)
+    return root
+
+
+def _config(data: Path, out: Path, **changes) -> EvaluateConfig:
+    base = dict(data=data, out=out, method="clip", backbone="tiny-random", image_size=56, device="cpu",
+                precision="fp32", batch_size=4, progress=False)
+    base.update(changes)
+    return EvaluateConfig(**base)
+
+
+def _check_summary(summary: dict, categories: tuple[str, ...]) -> None:
+    assert set(summary) == {"method", "backbone", "aupro_variant", "categories", "mean"}
+    assert tuple(summary["categories"]) == categories
+    for metrics in [*summary["categories"].values(), summary["mean"]]:
+        assert set(metrics) == set(METRIC_KEYS)
+        for value in metrics.values():
+            assert 0.0 <= value <= 1.0
+
+
+def test_end_to_end_writes_metrics(dataset, tmp_path):
+    out = tmp_path / "eval"
+    summary = evaluate(_config(dataset, out))
+    _check_summary(summary, CATEGORIES)
+    assert json.loads((out / "metrics.json").read_text()) == summary
+    table = (out / "metrics.md").read_text()
+    assert "**mean**" in table and "aupro (mvtec)" in table
+    assert all(f"| {c} |" in table for c in CATEGORIES)
+    for category in CATEGORIES:
+        record = json.loads((out / "categories" / f"{category}.json").read_text())
+        assert record["n_images"] == 6 and record["seconds"] >= 0
+        rows = (out / "per_image" / f"{category}.csv").read_text().splitlines()
+        assert rows[0].startswith("path,label,score,defect_type") and len(rows) == 7
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_musc_scores_a_category_jointly(dataset, tmp_path):
+    summary = evaluate(_config(dataset, tmp_path / "musc", method="musc", categories=("disc",),
+                               aupro_variant="cflow"))
+    _check_summary(summary, ("disc",))
+    assert summary["aupro_variant"] == "cflow"
+
+
+def test_resume_skips_finished_categories(dataset, tmp_path):
+    out = tmp_path / "eval"
+    first = evaluate(_config(dataset, out))
+    kept = out / "categories" / "weave.json"
+    lost = out / "categories" / "disc.json"
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()  # as if the run had been interrupted during "disc"
+    second = evaluate(_config(dataset, out, resume=True))
+    assert kept.stat().st_mtime_ns == kept_mtime
+    assert lost.is_file()
+    assert second["categories"]["weave"] == first["categories"]["weave"]
+    _check_summary(second, CATEGORIES)
+
+
+def test_resume_refuses_other_settings(dataset, tmp_path):
+    out = tmp_path / "eval"
+    evaluate(_config(dataset, out, categories=("weave",)))
+    with pytest.raises(UsageError, match="cannot resume"):
+        evaluate(_config(dataset, out, categories=("weave",), image_size=28, resume=True))
+
+
+def test_unknown_category_is_a_clear_error(dataset, tmp_path):
+    with pytest.raises(DatasetError, match="unknown category 'nope'.*available"):
+        evaluate(_config(dataset, tmp_path / "eval", categories=("weave", "nope")))
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_threshold_from_good_is_within_good_scores(dataset):
+    import zsad
+
+    detector = zsad.create("clip", backbone="tiny-random", image_size=56, device="cpu", precision="fp32",
+                           warn_random=False)
+    good = sorted((dataset / "weave" / "train" / "good").glob("*.png"))
+    scores = [r.image_score for r in detector.score(good)]
+    threshold = threshold_from_good(detector, good, quantile=0.9)
+    assert min(scores) <= threshold <= max(scores)
+    assert threshold_from_good(detector, good, quantile=1.0) == pytest.approx(max(scores))
+    with pytest.raises(UsageError):
+        threshold_from_good(detector, good, quantile=1.5)
+    with pytest.raises(UsageError):
+        threshold_from_good(detector, [])
+
+
+def test_parser_builds_the_config(dataset, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "--data", str(dataset), "--method", "clip", "--backbone", "tiny-random",
+                              "--image-size", "56", "--categories", "weave", "--out", str(tmp_path / "cli"),
+                              "--device", "cpu", "--precision", "fp32", "--aupro-variant", "cflow", "-q"])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "| weave |" in table and "**mean**" in table
+    summary = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert np.isfinite(list(summary["mean"].values())).all()
