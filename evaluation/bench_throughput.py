@@ -51,7 +51,7 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if detector.method.device.type == "cuda":
         machine = torch.cuda.get_device_name()
-    print(f"| method | backbone | size | device | precision | images | batch | images/s | s/image | peak memory | machine |")
+    print("| method | backbone | size | device | precision | images | batch | images/s | s/image | peak memory | machine |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.method} | {args.backbone} | {args.image_size} | {args.device} | {args.precision} | {args.images} "
           f"| {args.batch_size} | {args.images / seconds:.3f} | {seconds / args.images:.2f} | {peak} | {machine} |")
