@@ -165,6 +165,16 @@ def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_p
         run.result(result, image, item.relative)
 
 
+def _method_options(args: argparse.Namespace) -> dict:
+    """CLI flags that map onto fields of the chosen method's config."""
+    options = {}
+    if args.prompts:
+        options["prompts"] = args.prompts
+    if args.method in ("musc", "auto") and not args.quiet:
+        options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches
+    return options
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -178,7 +188,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.method, backbone=args.backbone, device=args.device, precision=args.precision,
         image_size=args.image_size, batch_size=args.batch_size, threshold=args.threshold,
         class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False,
-        **({"prompts": args.prompts} if args.prompts else {}),
+        **_method_options(args),
     )
     if detector.backbone.random_weights:
         print(f"zsad: WARNING: backbone '{args.backbone}' has random weights: scores are meaningless "
