@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=cmd_score)
 
+    from zsad.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
+
     models = sub.add_parser("models", help="list methods and backbones")
     models.set_defaults(func=cmd_models)
 
