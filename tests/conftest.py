@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 
@@ -37,9 +36,3 @@ def make_image(rng):
         return random_image(rng, width, height)
 
     return factory
-
-
-@pytest.fixture(autouse=True)
-def _deterministic_torch():
-    torch.use_deterministic_algorithms(False)
-    yield
