@@ -139,26 +139,24 @@ def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_p
     from zsad.data.images import load_image
     from zsad.errors import BatchTooSmallError, ImageError
 
-    method = detector.method
     kept, sizes, chunks = [], [], []
     for chunk in _batches(items, batch_size):
         loaded = run.load(chunk, max_pixels)
         if loaded:
-            chunks.append(method.extract(detector.backbone.preprocess([img for _, img in loaded])))
+            chunks.append(detector.extract_chunk([img for _, img in loaded]))
             kept += [item for item, _ in loaded]
             sizes += [img.size for _, img in loaded]
     if not kept:
         return
-    if len(kept) < method.min_batch:
-        where = f"folder '{name}'" if several else "the input"
-        message = (f"MuSc needs a batch of at least {method.min_batch} images of one category and {where} has "
-                   f"{len(kept)}; use --method clip (or auto) for fewer images")
+    try:
+        results = detector.joint_results(chunks, sizes, [str(i.path) for i in kept])
+    except BatchTooSmallError as exc:
         if not several:
-            raise BatchTooSmallError(message)
-        for item in kept:
-            run.error(str(item.path), message)
+            raise
+        for item in kept:  # with --group-by folder, one small folder must not stop the others
+            run.error(str(item.path), f"folder '{name}': {exc}")
         return
-    for item, result in zip(kept, method.results(method.combine(chunks), sizes, [str(i.path) for i in kept])):
+    for item, result in zip(kept, results):
         if str(item.path) in run.writer.done:
             continue
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -54,7 +54,7 @@ class Detector:
             else:
                 pil.append(load_image(item))
                 paths.append(str(item))
-        if class_name is not None or self.method.class_name == "object":
+        if class_name is not None:
             self.setup(class_name)
         return self.score_images(pil, paths)
 
@@ -62,28 +62,32 @@ class Detector:
         """Score already-loaded RGB images; transductive methods see all of them at once."""
         if not images:
             return []
-        if len(images) < self.method.min_batch:
-            raise BatchTooSmallError(
-                f"method '{self.name}' scores images against each other and needs at least "
-                f"{self.method.min_batch} images, got {len(images)}; use --method clip for fewer images"
-            )
         if self.method.transductive:
-            return list(self.method.results(self.extract(images), [img.size for img in images], list(paths)))
-        step = self.batch_size
+            chunks = [self.extract_chunk(images[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
+            return list(self.joint_results(chunks, [img.size for img in images], paths))
         results: list[AnomalyResult] = []
-        for start in range(0, len(images), step):
-            chunk = images[start:start + step]
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
             tensor = self.backbone.preprocess(chunk)
-            sizes = [img.size for img in chunk]
-            results.extend(self.method.score_tensors(tensor, sizes, list(paths[start:start + step])))
+            results.extend(self.method.score_tensors(tensor, [img.size for img in chunk],
+                                                     list(paths[start:start + self.batch_size])))
         return results
 
+    # Transductive methods: callers that must not keep every decoded image (the CLI, evaluation) extract features
+    # chunk by chunk, drop the images, and score the batch jointly at the end.
+    def extract_chunk(self, images: Sequence[Image.Image]):
+        """Features of a transductive method for one chunk of images."""
+        return self.method.extract(self.backbone.preprocess(images))
 
-    def extract(self, images: Sequence[Image.Image]):
-        """Features of a transductive method for ``images``, extracted ``batch_size`` at a time and combined."""
-        chunks = [self.method.extract(self.backbone.preprocess(images[s:s + self.batch_size]))
-                  for s in range(0, len(images), self.batch_size)]
-        return self.method.combine(chunks)
+    def joint_results(self, chunks: Sequence, sizes: Sequence[tuple[int, int]],
+                      paths: Sequence[str | None]) -> Iterator[AnomalyResult]:
+        """Score the images of all ``chunks`` jointly; results come one at a time, in order."""
+        if len(sizes) < self.method.min_batch:
+            raise BatchTooSmallError(
+                f"method '{self.name}' scores images against each other and needs at least "
+                f"{self.method.min_batch} images of one category, got {len(sizes)}; use --method clip for fewer images"
+            )
+        return self.method.results(self.method.combine(chunks), sizes, list(paths))
 
 
 def create(

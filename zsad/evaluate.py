@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zsad.errors import BatchTooSmallError, DatasetError, UsageError
+from zsad.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -89,21 +89,6 @@ class CategoryResult:
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _per_image_csv(samples: Sequence[Sample], results: Sequence[AnomalyResult]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -151,17 +136,16 @@ def _score_category(detector: Detector, category: str, samples: Sequence[Sample]
     paths = [str(s.image_path) for s in samples]
     with _bar(len(samples), category, progress) as bar:
         if method.transductive:
-            if len(samples) < method.min_batch:
-                raise BatchTooSmallError(
-                    f"method '{method.name}' needs at least {method.min_batch} test images per category and "
-                    f"category '{category}' has {len(samples)}; use --method clip")
             chunks, sizes = [], []
             for start in range(0, len(samples), batch_size):
                 images = [load_image(s.image_path) for s in samples[start:start + batch_size]]
-                chunks.append(method.extract(detector.backbone.preprocess(images)))
+                chunks.append(detector.extract_chunk(images))
                 sizes += [img.size for img in images]
                 bar.update(len(images))
-            return list(method.results(method.combine(chunks), sizes, paths))
+            try:
+                return list(detector.joint_results(chunks, sizes, paths))
+            except BatchTooSmallError as exc:
+                raise BatchTooSmallError(f"category '{category}': {exc}") from exc
         results: list[AnomalyResult] = []
         for start in range(0, len(samples), batch_size):
             images = [load_image(s.image_path) for s in samples[start:start + batch_size]]
@@ -273,8 +257,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             metrics = _category_metrics(category, samples, results, config.aupro_variant)
             result = CategoryResult(category, metrics, seconds, len(samples))
-            _write_atomic(out / "per_image" / f"{category}.csv", _per_image_csv(samples, results))
-            _write_atomic(marker, json.dumps(result.to_dict(config.signature()), indent=2) + "\n")
+            atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, results))
+            atomic_write_text(marker, json.dumps(result.to_dict(config.signature()), indent=2) + "\n")
             finished.append(result)
             bar.set_postfix(last=category)
             bar.update(1)
@@ -285,8 +269,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "categories": {r.category: r.metrics for r in finished},
         "mean": _mean(finished),
     }
-    _write_atomic(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    _write_atomic(out / "metrics.md", metrics_markdown(summary))
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "metrics.md", metrics_markdown(summary))
     return summary
 
 

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from zsad.fileio import atomic_write_text
 from zsad.types import AnomalyResult
 from zsad.visualize import overlay
 
@@ -31,12 +32,6 @@ def _cut_torn_tail(path: Path) -> None:
         keep = data.rfind(b"\n") + 1
         with path.open("r+b") as fh:
             fh.truncate(keep)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class ResultWriter:
@@ -76,7 +71,7 @@ class ResultWriter:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-            _atomic_write_text(self.jsonl_path, "".join(f"{line}\n" for line in kept))
+            atomic_write_text(self.jsonl_path, "".join(f"{line}\n" for line in kept))
 
     def _append_csv(self, row: Iterable[object]) -> None:
         buffer = io.StringIO()

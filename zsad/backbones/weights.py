@@ -67,7 +67,7 @@ def resolve_tag_checkpoint(arch: str, tag: str, *, cache_dir: str | None = None,
     looked: list[str] = []
     hub = cfg.get("hf_hub", "")
     if hub:
-        repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        repo_id, filename = os.path.split(hub)  # "org/repo/" names the default file; "org/repo/f.bin" one file
         names = (filename,) if filename else _WEIGHT_FILES
         found = _cached_hf_file(repo_id, names, cache_dir)
         if found:

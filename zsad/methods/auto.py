@@ -78,19 +78,12 @@ class AutoMethod(Method):
         )
         return AutoFeatures(musc=concat_features([c.musc for c in chunks]), clip=clip)
 
-    def _clip_only(self, feats: AutoFeatures, sizes, paths) -> Iterator[AnomalyResult]:
-        for i, (size, path) in enumerate(zip(sizes, paths)):
-            amap = self.clip.maps_at_input_size(feats.clip.patch_probs[i][None])
-            score = 0.5 * (float(feats.clip.global_prob[i]) + float(amap.max()))
-            yield build_result(image_score=score, anomaly_map=to_original_size(amap, [size])[0],
-                               threshold=self.threshold, method=self.name, defect_probs=feats.clip.defect_probs[i],
-                               path=path, extras={"used": "clip"})
-
     def results(self, feats: AutoFeatures, sizes: Sequence[tuple[int, int]],
                 paths: Sequence[str | None]) -> Iterator[AnomalyResult]:
         n = len(sizes)
         if n < MIN_IMAGES:
-            yield from self._clip_only(feats, sizes, paths)
+            for i, (orig, path) in enumerate(zip(sizes, paths)):
+                yield self.clip.result(feats.clip, i, orig, path, method=self.name, extras={"used": "clip"})
             return
         w = self.config.musc_weight
         size = self.backbone.image_size
@@ -100,7 +93,7 @@ class AutoMethod(Method):
         clip_scores, c_lo, c_hi = [], float("inf"), float("-inf")
         for i in range(n):
             cmap = self.clip.maps_at_input_size(feats.clip.patch_probs[i][None])
-            clip_scores.append(0.5 * (float(feats.clip.global_prob[i]) + float(cmap.max())))
+            clip_scores.append(self.clip.image_score(float(feats.clip.global_prob[i]), float(cmap.max())))
             c_lo, c_hi = min(c_lo, float(cmap.min())), max(c_hi, float(cmap.max()))
         clip_norm = _minmax(torch.tensor(clip_scores))
         musc_norm = _minmax(musc_scores)

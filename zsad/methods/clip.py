@@ -76,12 +76,11 @@ class ClipMethod(Method):
         name = self.class_name
         if name not in self._state_text:
             normal, anomalous = self.bank.state_sentences(name)
-            with autocast(self.device, self.dtype):
-                states = [ensemble_embedding(self.backbone, normal), ensemble_embedding(self.backbone, anomalous)]
-            self._state_text[name] = torch.stack(states).float()
             kinds = self.bank.defect_sentences(name)
             with autocast(self.device, self.dtype):
+                states = [ensemble_embedding(self.backbone, normal), ensemble_embedding(self.backbone, anomalous)]
                 defect = [ensemble_embedding(self.backbone, kinds[k]) for k in kinds]
+            self._state_text[name] = torch.stack(states).float()
             self._defect_text[name] = (list(kinds), torch.stack(defect).float())
 
     def run_backbone(self, images: torch.Tensor, extra_layers: Sequence[int] = ()) -> TokenOutput:
@@ -115,19 +114,25 @@ class ClipMethod(Method):
         probs = ((pooled @ text.T) / self.config.temperature).softmax(-1).cpu()
         return [{n: float(p) for n, p in zip(names, row)} for row in probs]
 
+    @staticmethod
+    def image_score(global_prob: float, map_max: float) -> float:
+        """The image score rule of the module doc: ``0.5 * (global + map max)``."""
+        return 0.5 * (global_prob + map_max)
+
+    def result(self, ev: ClipEvidence, index: int, size: tuple[int, int], path: str | None, *,
+               method: str | None = None, extras: dict | None = None) -> AnomalyResult:
+        """The result of image ``index`` of ``ev``: its map, and the fused score ``0.5 * (global + map max)``."""
+        amap = self.maps_at_input_size(ev.patch_probs[index][None])
+        global_prob, map_max = float(ev.global_prob[index]), float(amap.max())
+        return build_result(
+            image_score=self.image_score(global_prob, map_max), anomaly_map=to_original_size(amap, [size])[0],
+            threshold=self.threshold, method=method or self.name, defect_probs=ev.defect_probs[index], path=path,
+            extras={"global_score": global_prob, "map_max": map_max, **(extras or {})},
+        )
+
     @torch.inference_mode()
     def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
         if self.class_name not in self._state_text:
             self.setup(self.class_name)
         ev = self.evidence(self.run_backbone(images))
-        maps = self.maps_at_input_size(ev.patch_probs)
-        map_max = maps.flatten(1).amax(1)
-        image_scores = 0.5 * (ev.global_prob + map_max)
-        results = []
-        for i, amap in enumerate(to_original_size(maps, sizes)):
-            results.append(build_result(
-                image_score=float(image_scores[i]), anomaly_map=amap, threshold=self.threshold, method=self.name,
-                defect_probs=ev.defect_probs[i], path=paths[i],
-                extras={"global_score": float(ev.global_prob[i]), "map_max": float(map_max[i])},
-            ))
-        return results
+        return [self.result(ev, i, size, path) for i, (size, path) in enumerate(zip(sizes, paths))]
