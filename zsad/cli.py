@@ -19,7 +19,7 @@ log = logging.getLogger("zsad")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser, *, adapter: bool = True) -> None:
     from zsad.backbones.names import DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
@@ -34,6 +34,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="decision threshold on image scores and map values, in [0, 1] (default 0.5)")
     p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
+    if adapter:
+        p.add_argument("--adapter", default=None,
+                       help="a learned-prompt adapter folder (anomalyclip method; see adapters/README.md)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for weights")
 
 
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zsad.evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
+    # -- commands of issue 5 (train-prompts, adapters) --
+    # -- commands of issue 6 (ask, train-dialogue) --
+    # -- commands of issue 7 (demo) --
 
     models = sub.add_parser("models", help="list methods and backbones")
     models.set_defaults(func=cmd_models)
@@ -172,6 +178,8 @@ def _method_options(args: argparse.Namespace) -> dict:
     options = {}
     if args.prompts:
         options["prompts"] = args.prompts
+    if getattr(args, "adapter", None):
+        options["adapter"] = args.adapter
     if args.method in ("musc", "auto") and not args.quiet:
         options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches
     return options

@@ -15,18 +15,14 @@ from typing import Any
 import yaml
 
 from zsad.errors import UsageError
+from zsad.resources import data_dir
 
 BANK_FILES = ("states.yaml", "templates.yaml", "defects.yaml")
 
 
 def prompts_dir() -> Path:
     """The bundled prompt folder: inside the installed wheel, or the repository's ``prompts/`` in editable mode."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_data" / "prompts", here.parent / "prompts"):
-        if (candidate / "states.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"zsad's bundled prompt banks are missing (looked in {here / '_data' / 'prompts'} and "
-                            f"{here.parent / 'prompts'}); reinstall zsad")
+    return data_dir("prompts", "states.yaml")
 
 
 @dataclass(frozen=True)
