@@ -11,7 +11,8 @@ import pytest
 
 from zsad.data.synthetic import make_dataset
 from zsad.errors import DatasetError, UsageError
-from zsad.evaluate import METRIC_KEYS, EvaluateConfig, add_evaluate_parser, evaluate, threshold_from_good
+from zsad.evaluate import METRIC_KEYS, EvaluateConfig, add_evaluate_parser, evaluate
+from zsad.thresholds import threshold_from_good
 
 CATEGORIES = ("weave", "disc")
 
@@ -31,8 +32,10 @@ def _config(data: Path, out: Path, **changes) -> EvaluateConfig:
 
 
 def _check_summary(summary: dict, categories: tuple[str, ...]) -> None:
-    assert set(summary) == {"method", "backbone", "aupro_variant", "categories", "mean"}
+    assert set(summary) == {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds"}
     assert sorted(summary["categories"]) == sorted(categories)
+    assert sorted(summary["f1_thresholds"]) == sorted(categories)
+    assert all(set(t) == {"image", "pixel"} for t in summary["f1_thresholds"].values())
     for metrics in [*summary["categories"].values(), summary["mean"]]:
         assert set(metrics) == set(METRIC_KEYS)
         for value in metrics.values():
@@ -53,6 +56,23 @@ def test_end_to_end_writes_metrics(dataset, tmp_path):
         rows = (out / "per_image" / f"{category}.csv").read_text().splitlines()
         assert rows[0].startswith("path,label,score,defect_type") and len(rows) == 7
     assert not list(out.rglob("*.tmp"))
+
+
+def test_f1_thresholds_reach_the_reported_f1_max(dataset, tmp_path):
+    """Deciding the per-image scores with the reported image threshold gives exactly the reported image F1-max."""
+    import csv
+
+    from sklearn.metrics import f1_score
+
+    out = tmp_path / "eval"
+    summary = evaluate(_config(dataset, out, categories=("weave",)))
+    with open(out / "per_image" / "weave.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = [int(r["label"]) for r in rows]
+    threshold = summary["f1_thresholds"]["weave"]["image"]
+    decided = [int(float(r["score"]) >= threshold - 5e-7) for r in rows]  # the CSV rounds scores to 6 decimals
+    assert f1_score(labels, decided) == pytest.approx(summary["categories"]["weave"]["image_f1_max"], abs=1e-9)
+    assert "F1-optimal thresholds" in (out / "metrics.md").read_text()
 
 
 def test_musc_scores_a_category_jointly(dataset, tmp_path):

@@ -363,6 +363,11 @@ def test_compute_all_keys() -> None:
     ]
     assert full["aupro"] == aupro(maps, masks, variant="cflow")
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in full.values())
+    with_t = compute_all(scores, labels, maps, masks, aupro_variant="cflow", with_thresholds=True)
+    assert list(with_t)[-2:] == ["image_f1_threshold", "pixel_f1_threshold"]
+    assert with_t["image_f1_threshold"] == f1_max(scores, labels)[1]
+    assert with_t["pixel_f1_threshold"] == pixel_f1_max(maps, masks)[1]
+    assert {k: with_t[k] for k in full} == full
     with pytest.raises(UsageError, match="masks"):
         compute_all(scores, labels, maps)
 

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--resume", action="store_true", help="skip images already in OUT/results.csv")
     score.add_argument("--no-maps", action="store_true", help="do not write heat-map overlays")
     score.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
+    score.add_argument("--threshold-from", default=None, metavar="GOOD",
+                       help="images known to be good (folder, files or glob): decide with thresholds taken from "
+                            "their scores instead of --threshold (see README, 'Thresholds without defect examples')")
+    score.add_argument("--good-quantile", type=float, default=0.99,
+                       help="with --threshold-from: the quantile of the good scores used as threshold (default 0.99)")
     score.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     score.set_defaults(func=cmd_score)
 
@@ -101,8 +106,9 @@ def _group(items: list, group_by: str) -> list[tuple[str, list]]:
 class _Run:
     """Counts and writes one ``zsad score`` run's outcomes."""
 
-    def __init__(self, writer, bar) -> None:
+    def __init__(self, writer, bar, thresholds=None) -> None:
         self.writer, self.bar = writer, bar
+        self.thresholds = thresholds  # GoodThresholds of independent methods, set once before scoring
         self.scored = self.anomalous = self.failed = 0
 
     def error(self, path: str, problem: str) -> None:
@@ -111,7 +117,12 @@ class _Run:
         self.failed += 1
         self.bar.update(1)
 
-    def result(self, result, image, relative) -> None:
+    def result(self, result, image, relative, thresholds=None) -> None:
+        from zsad.thresholds import apply_thresholds
+
+        thresholds = thresholds or self.thresholds
+        if thresholds is not None:
+            result = apply_thresholds(result, thresholds.image, thresholds.pixel)
         self.writer.write(result, image, relative)
         self.scored += 1
         self.anomalous += int(result.pred_label)
@@ -139,11 +150,15 @@ def _score_independent(detector, items, run: _Run, batch_size: int, max_pixels: 
                 run.result(result, image, item.relative)
 
 
-def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_pixels: int, several: bool) -> None:
+def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_pixels: int, several: bool,
+                   good=None) -> None:
     """Transductive scoring of one group: features chunk by chunk (images are not kept), then joint scoring;
-    images are read again only to draw their overlays. Rows already written (resume) are not written again."""
+    images are read again only to draw their overlays. Rows already written (resume) are not written again.
+
+    ``good`` (a :class:`_GoodImages`) joins every group first, so its batch-relative scores set the thresholds."""
     from zsad.data.images import load_image
     from zsad.errors import BatchTooSmallError, ImageError
+    from zsad.thresholds import thresholds_from_good
 
     kept, sizes, chunks = [], [], []
     for chunk in _batches(items, batch_size):
@@ -154,8 +169,14 @@ def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_p
             sizes += [img.size for _, img in loaded]
     if not kept:
         return
+    good_chunks, good_sizes, good_paths = (good.chunks, good.sizes, good.paths) if good else ([], [], [])
     try:
-        results = detector.joint_results(chunks, sizes, [str(i.path) for i in kept])
+        results = iter(detector.joint_results(good_chunks + chunks, good_sizes + sizes,
+                                              good_paths + [str(i.path) for i in kept]))
+        thresholds = None
+        if good:
+            thresholds = thresholds_from_good([next(results) for _ in good_paths], good.quantile)
+            _report_thresholds(thresholds, f"group '{name}'" if several else "")
     except BatchTooSmallError as exc:
         if not several:
             raise
@@ -170,7 +191,44 @@ def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_p
         except ImageError as exc:  # the file changed since it was read
             run.error(str(item.path), exc.problem)
             continue
-        run.result(result, image, item.relative)
+        run.result(result, image, item.relative, thresholds)
+
+
+class _GoodImages:
+    """Known-good images for ``--threshold-from``: loaded once; transductive methods keep their features."""
+
+    def __init__(self, detector, source: str, quantile: float, batch_size: int, max_pixels: int) -> None:
+        from zsad.data.images import discover_images, load_image
+        from zsad.errors import ImageError, UsageError
+
+        if not 0.0 <= quantile <= 1.0:
+            raise UsageError(f"--good-quantile must be in [0, 1], got {quantile}")
+        self.quantile = quantile
+        images, self.paths = [], []
+        for item in discover_images([source]):
+            try:
+                images.append(load_image(item.path, max_pixels=max_pixels))
+                self.paths.append(str(item.path))
+            except ImageError as exc:
+                log.warning("--threshold-from: skipping %s: %s", item.path, exc.problem)
+        if not images:
+            raise UsageError(f"--threshold-from {source}: no readable good images")
+        self.sizes = [img.size for img in images]
+        self.chunks = []
+        self.thresholds = None
+        if detector.method.transductive:
+            self.chunks = [detector.extract_chunk(c) for c in _batches(images, batch_size)]
+        else:
+            from zsad.thresholds import thresholds_from_good
+
+            self.thresholds = thresholds_from_good(detector.score_images(images, self.paths), quantile)
+            _report_thresholds(self.thresholds, "")
+
+
+def _report_thresholds(thresholds, where: str) -> None:
+    print(f"zsad: thresholds from {thresholds.n_good} good images{' for ' + where if where else ''} "
+          f"(quantile {thresholds.quantile:g}): image {thresholds.image:.4f}, pixel {thresholds.pixel:.4f}",
+          file=sys.stderr)
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -209,12 +267,16 @@ def cmd_score(args: argparse.Namespace) -> int:
         todo = [item for item in inputs if str(item.path) not in writer.done]
         if args.resume and len(todo) < len(inputs):
             print(f"zsad: resuming: {len(inputs) - len(todo)} images already done", file=sys.stderr)
-        run = _Run(writer, tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None))
+        good = None
+        if args.threshold_from:
+            good = _GoodImages(detector, args.threshold_from, args.good_quantile, args.batch_size, max_pixels)
+        run = _Run(writer, tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None),
+                   thresholds=good.thresholds if good else None)
         for name, items in groups:
             if all(str(item.path) in writer.done for item in items):
                 continue
             if detector.method.transductive:  # a partly written group is scored whole again: scores are joint
-                _score_jointly(detector, name, items, run, args.batch_size, max_pixels, len(groups) > 1)
+                _score_jointly(detector, name, items, run, args.batch_size, max_pixels, len(groups) > 1, good)
             else:
                 pending = [item for item in items if str(item.path) not in writer.done]
                 _score_independent(detector, pending, run, args.batch_size, max_pixels)

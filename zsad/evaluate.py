@@ -4,7 +4,7 @@ Layout of the output folder::
 
     OUT/per_image/<category>.csv     path,label,score,defect_type,pred_defect_type (one row per test image)
     OUT/categories/<category>.json   metrics, seconds and n_images of one category (the resume marker)
-    OUT/metrics.json                 {"method", "backbone", "aupro_variant", "categories", "mean"}
+    OUT/metrics.json                 {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds"}
     OUT/metrics.md                   Markdown table: one row per category and a mean row
 
 Every file is written atomically (temporary file, then ``os.replace``), so an interrupted run leaves
@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,6 @@ from zsad.errors import BatchTooSmallError, DatasetError, UsageError
 from zsad.fileio import atomic_write_text
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from zsad.data.datasets import Dataset, Sample
     from zsad.detector import Detector
@@ -74,16 +73,21 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class CategoryResult:
-    """Metrics of one category; pixel metrics are None when its anomalous images have no masks."""
+    """Metrics of one category; pixel metrics are None when its anomalous images have no masks.
+
+    ``f1_thresholds`` holds the F1-optimal decision thresholds (``image``, and ``pixel`` with masks): what a
+    user with labels would set ``--threshold`` to for this category and method.
+    """
 
     category: str
     metrics: dict[str, float | None]
     seconds: float
     n_images: int
+    f1_thresholds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self, signature: dict[str, Any]) -> dict[str, Any]:
-        return {"category": self.category, "metrics": self.metrics, "seconds": self.seconds,
-                "n_images": self.n_images, "config": signature}
+        return {"category": self.category, "metrics": self.metrics, "f1_thresholds": self.f1_thresholds,
+                "seconds": self.seconds, "n_images": self.n_images, "config": signature}
 
 
 # --------------------------------------------------------------------------- files
@@ -106,7 +110,7 @@ def _load_done(path: Path, config: EvaluateConfig) -> CategoryResult | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         done = CategoryResult(record["category"], dict(record["metrics"]), float(record["seconds"]),
-                              int(record["n_images"]))
+                              int(record["n_images"]), dict(record.get("f1_thresholds", {})))
         stored = record.get("config", {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s is unreadable (%s); evaluating that category again", path, exc)
@@ -155,7 +159,7 @@ def _score_category(detector: Detector, category: str, samples: Sequence[Sample]
 
 
 def _category_metrics(category: str, samples: Sequence[Sample], results: Sequence[AnomalyResult],
-                      aupro_variant: str) -> dict[str, float | None]:
+                      aupro_variant: str) -> tuple[dict[str, float | None], dict[str, float]]:
     """All metrics at each image's original resolution; pixel metrics only when every anomalous image has a mask."""
     from zsad.data.datasets import load_mask
     from zsad.metrics import compute_all
@@ -170,10 +174,12 @@ def _category_metrics(category: str, samples: Sequence[Sample], results: Sequenc
     else:
         log.warning("category %s: some anomalous images have no mask; pixel metrics are skipped", category)
     try:
-        found = compute_all(scores, labels, maps, masks, aupro_variant=aupro_variant)
+        found = compute_all(scores, labels, maps, masks, aupro_variant=aupro_variant, with_thresholds=True)
     except UsageError as exc:
         raise DatasetError(f"category '{category}': {exc}") from None
-    return {key: (float(found[key]) if key in found else None) for key in METRIC_KEYS}
+    thresholds = {kind: float(found[f"{kind}_f1_threshold"]) for kind in ("image", "pixel")
+                  if f"{kind}_f1_threshold" in found}
+    return {key: (float(found[key]) if key in found else None) for key in METRIC_KEYS}, thresholds
 
 
 # --------------------------------------------------------------------------- summary
@@ -205,6 +211,12 @@ def metrics_markdown(summary: dict[str, Any]) -> str:
     ]
     lines += [row(name, metrics) for name, metrics in summary["categories"].items()]
     lines.append(row("**mean**", summary["mean"]))
+    thresholds = summary.get("f1_thresholds") or {}
+    if any(thresholds.values()):
+        lines += ["", "F1-optimal thresholds (`--threshold` that reaches `image_f1_max` / `pixel_f1_max`):", "",
+                  "| category | image | pixel |", "|---|---|---|"]
+        lines += [f"| {name} | " + " | ".join("-" if t.get(k) is None else f"{t[k]:.4f}" for k in ("image", "pixel"))
+                  + " |" for name, t in thresholds.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -255,8 +267,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             started = time.perf_counter()
             results = _score_category(detector, category, samples, config.batch_size, config.progress)
             seconds = time.perf_counter() - started
-            metrics = _category_metrics(category, samples, results, config.aupro_variant)
-            result = CategoryResult(category, metrics, seconds, len(samples))
+            metrics, thresholds = _category_metrics(category, samples, results, config.aupro_variant)
+            result = CategoryResult(category, metrics, seconds, len(samples), thresholds)
             atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, results))
             atomic_write_text(marker, json.dumps(result.to_dict(config.signature()), indent=2) + "\n")
             finished.append(result)
@@ -268,26 +280,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "aupro_variant": config.aupro_variant,
         "categories": {r.category: r.metrics for r in finished},
         "mean": _mean(finished),
+        "f1_thresholds": {r.category: r.f1_thresholds for r in finished},
     }
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", metrics_markdown(summary))
     return summary
-
-
-def threshold_from_good(detector: Detector, good_images: Sequence[str | Path | Image.Image],
-                        quantile: float = 0.99) -> float:
-    """A decision threshold when no defect examples exist: the ``quantile`` of known-good images' scores.
-
-    Score a few images known to be normal (e.g. a category's ``train/good``) and flag anything above
-    what they reach; ``quantile=0.99`` lets about 1% of normal images through as false alarms.
-    Transductive methods score ``good_images`` jointly, so pass at least their minimum batch.
-    """
-    if not 0.0 <= quantile <= 1.0:
-        raise UsageError(f"quantile must be in [0, 1], got {quantile}")
-    if not good_images:
-        raise UsageError("threshold_from_good needs at least one known-good image")
-    scores = np.array([r.image_score for r in detector.score(list(good_images))], dtype=np.float64)
-    return float(np.quantile(scores, quantile))
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -31,21 +31,22 @@ def compute_all(
     maps: Sequence[np.ndarray] | np.ndarray | None = None,
     masks: Sequence[np.ndarray] | np.ndarray | None = None,
     aupro_variant: str = "mvtec",
+    with_thresholds: bool = False,
 ) -> dict[str, float]:
     """Every standard metric in one dict, the shape the CLI writes to the metrics JSON.
 
     Keys: ``image_auroc, image_ap, image_f1_max`` and, when ``maps`` is given,
-    ``pixel_auroc, pixel_ap, pixel_f1_max, aupro`` (AUPRO with ``fpr_limit=0.3``).
+    ``pixel_auroc, pixel_ap, pixel_f1_max, aupro`` (AUPRO with ``fpr_limit=0.3``). ``with_thresholds`` adds
+    ``image_f1_threshold`` (and ``pixel_f1_threshold``): the F1-optimal decision thresholds, last.
     """
-    out = {
-        "image_auroc": image_auroc(scores, labels),
-        "image_ap": image_ap(scores, labels),
-        "image_f1_max": f1_max(scores, labels)[0],
-    }
-    if maps is None:
-        return out
-    if masks is None:
-        raise UsageError("pixel metrics need ground-truth masks along with the anomaly maps")
-    out.update(pixel_metrics(maps, masks))
-    out["aupro"] = aupro(maps, masks, variant=aupro_variant)
-    return out
+    best, threshold = f1_max(scores, labels)
+    out = {"image_auroc": image_auroc(scores, labels), "image_ap": image_ap(scores, labels), "image_f1_max": best}
+    found = {"image_f1_threshold": threshold}
+    if maps is not None:
+        if masks is None:
+            raise UsageError("pixel metrics need ground-truth masks along with the anomaly maps")
+        pixel = pixel_metrics(maps, masks, with_threshold=True)
+        found["pixel_f1_threshold"] = pixel.pop("pixel_f1_threshold")
+        out.update(pixel)
+        out["aupro"] = aupro(maps, masks, variant=aupro_variant)
+    return {**out, **found} if with_thresholds else out

@@ -120,8 +120,13 @@ def pixel_f1_max(
 
 
 def pixel_metrics(
-    maps: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
+    maps: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray, *, with_threshold: bool = False
 ) -> dict[str, float]:
-    """``pixel_auroc``, ``pixel_ap`` and ``pixel_f1_max`` from a single pooling and sort, for whole-dataset runs."""
+    """``pixel_auroc``, ``pixel_ap`` and ``pixel_f1_max`` from a single pooling and sort, for whole-dataset runs;
+    ``with_threshold`` adds ``pixel_f1_threshold``, the map value reaching the best F1 (flag ``map >= t``)."""
     neg, pos = pooled_sorted_scores(maps, masks)
-    return {"pixel_auroc": _auroc(neg, pos), "pixel_ap": _ap(neg, pos), "pixel_f1_max": _f1_max(neg, pos)[0]}
+    best, threshold = _f1_max(neg, pos)
+    out = {"pixel_auroc": _auroc(neg, pos), "pixel_ap": _ap(neg, pos), "pixel_f1_max": best}
+    if with_threshold:
+        out["pixel_f1_threshold"] = threshold
+    return out

@@ -20,18 +20,21 @@ def build_result(
     anomaly_map: np.ndarray,
     threshold: float,
     method: str,
+    pixel_threshold: float | None = None,
     defect_probs: Mapping[str, float] | None = None,
     path: str | None = None,
     extras: Mapping[str, Any] | None = None,
 ) -> AnomalyResult:
-    """Clip to [0, 1], threshold image and map with the same ``threshold``, and describe the mask's regions.
+    """Clip to [0, 1], threshold the image score and the map, and describe the mask's regions.
+
+    The map is thresholded with ``pixel_threshold`` when given, else with the same ``threshold``.
 
     The defect type is only named for an image predicted anomalous; the probabilities are always kept.
     """
     score = float(np.clip(image_score, 0.0, 1.0))
     amap = np.clip(np.nan_to_num(anomaly_map.astype(np.float32, copy=False)), 0.0, 1.0)
     label = score >= threshold
-    mask = amap >= threshold
+    mask = amap >= (threshold if pixel_threshold is None else pixel_threshold)
     probs = dict(defect_probs or {})
     defect_type = max(probs, key=probs.get) if (probs and label) else None
     return AnomalyResult(
