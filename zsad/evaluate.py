@@ -44,7 +44,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro",
 )
 #: Config fields a resumed category must share with the current run.
-_SIGNATURE_FIELDS: tuple[str, ...] = ("method", "backbone", "image_size", "aupro_variant")
+_SIGNATURE_FIELDS: tuple[str, ...] = ("method", "backbone", "image_size", "aupro_variant", "method_options")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class EvaluateConfig:
     batch_size: int = 8
     class_name_from_category: bool = True
     progress: bool = True
+    #: fields of the method's config, as ``zsad.create(**method_options)`` takes them (e.g. ``adapter``, ``prompts``)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def signature(self) -> dict[str, Any]:
         """The settings that make two runs' numbers comparable."""
@@ -262,7 +264,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             if detector is None:
                 detector = zsad.create(config.method, backbone=config.backbone, image_size=config.image_size,
                                        device=config.device, precision=config.precision,
-                                       batch_size=config.batch_size, warn_random=False)
+                                       batch_size=config.batch_size, warn_random=False, **config.method_options)
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
             started = time.perf_counter()
             results = _score_category(detector, category, samples, config.batch_size, config.progress)
@@ -309,6 +311,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
+    p.add_argument("--adapter", default=None, help="a learned-prompt adapter folder (anomalyclip method)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
     return p
@@ -330,6 +334,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         image_size=args.image_size, categories=_parse_categories(args.categories), format=args.format,
         aupro_variant=args.aupro_variant, resume=args.resume, device=args.device, precision=args.precision,
         batch_size=args.batch_size, progress=not getattr(args, "quiet", False),
+        method_options={k: v for k, v in (("prompts", args.prompts), ("adapter", args.adapter)) if v},
     )
     summary = evaluate(config)
     print(metrics_markdown(summary), end="")
