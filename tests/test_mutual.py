@@ -338,3 +338,13 @@ def test_musc_patch_scores_rejects_mismatched_layers() -> None:
         musc_patch_scores([torch.randn(5, 16, 4), torch.randn(5, 25, 4)])
     with pytest.raises(BatchTooSmallError):
         musc_patch_scores([torch.randn(1, 16, 4)])
+
+
+def test_progress_is_one_bar_over_all_passes(capsys) -> None:
+    """12 (degree, layer) passes advance a single bar, so logs get one bar per batch, not one per pass."""
+    torch.manual_seed(0)
+    layers = [torch.randn(5, 16, 8) for _ in range(4)]
+    M.musc_patch_scores(layers, rs=(1, 3, 5), block=2, progress=True)
+    err = capsys.readouterr().err
+    assert "mutual scoring" in err and "MSM" not in err
+    assert f"/{3 * 4 * 6}" in err  # 5 images in blocks of 2: 3 tiles -> 6 tile pairs per pass, 12 passes

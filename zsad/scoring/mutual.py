@@ -307,14 +307,21 @@ def sample_references(n: int, reference_size: int, seed: int = 0) -> Tensor:
     return perm[(position.unsqueeze(1) + offsets.unsqueeze(0)) % n]
 
 
-def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, progress: bool) -> Tensor:
+def _msm_steps(n: int, block: int, reference_size: int | None) -> int:
+    """Progress steps of one MSM pass: tiles of the exact path, or images of the sampled one."""
+    if reference_size is None or reference_size >= n - 1:
+        tiles = -(-n // block)
+        return tiles * (tiles + 1) // 2
+    return n
+
+
+def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, bar) -> Tensor:
     """All pairs. Table ``[N, L, N]`` of max cosines on the compute device, -inf on the diagonal."""
     n, length, _ = Z.shape
     device = loader.device
     table = torch.full((n, length, n), -math.inf, device=device, dtype=torch.float32)
     scores = torch.empty(n, length, device=device, dtype=torch.float32)
     starts = list(range(0, n, block))
-    bar = tqdm(total=len(starts) * (len(starts) + 1) // 2, desc="MSM", disable=not progress, leave=False)
     for qi, qs in enumerate(starts):
         qe = min(n, qs + block)
         zq = loader(slice(qs, qe))
@@ -332,12 +339,11 @@ def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, progress
             bar.update()
         # Rows qs:qe are complete: earlier blocks filled their columns, this pass the rest.
         scores[qs:qe] = _lower_mean_distance(table[qs:qe], k)
-    bar.close()
     return scores
 
 
 def _sampled_table_scores(
-    Z: Tensor, k: int, block: int, loader: _Loader, reference_size: int, seed: int, progress: bool
+    Z: Tensor, k: int, block: int, loader: _Loader, reference_size: int, seed: int, bar
 ) -> Tensor:
     """R sampled references per image (see :func:`sample_references`). Table ``[N, L, R]`` on the device."""
     n, length, _ = Z.shape
@@ -345,7 +351,8 @@ def _sampled_table_scores(
     perm = _circle_order(n, seed)
     ahead, behind = (reference_size + 1) // 2, reference_size // 2
     table = torch.empty(n, length, reference_size, device=device, dtype=torch.float32)
-    for p in tqdm(range(n), desc="MSM", disable=not progress, leave=False):
+    for p in range(n):
+        bar.update()
         i = int(perm[p])
         zq = loader(slice(i, i + 1))
         for d0 in range(1, ahead + 1, block):
@@ -371,6 +378,7 @@ def mutual_scores(
     progress: bool = False,
     device: torch.device | str | None = None,
     low_precision: bool | None = None,
+    bar=None,
 ) -> Tensor:
     """Mutual Scoring Mechanism (paper Eq. 4-6; official ``_MSM.py``), exact and block-tiled.
 
@@ -412,6 +420,7 @@ def mutual_scores(
         progress: show a tqdm bar over tiles.
         device: where the GEMMs run; blocks of Z are moved there as needed. Default ``Z.device``.
         low_precision: see above.
+        bar: an open tqdm bar to advance instead (one bar over many passes; ``progress`` is then ignored).
 
     Returns:
         ``[N, L]`` fp32 on ``Z.device``; never NaN for finite unit-norm Z.
@@ -425,14 +434,21 @@ def mutual_scores(
     loader = _Loader(Z, dev, _choose_screening(Z, dev, low_precision))
     if reference_size is not None and reference_size < 1:
         raise UsageError(f"reference_size must be a positive integer, got {reference_size!r}")
-    if reference_size is None or reference_size >= n - 1:
-        k = _num_kept(n - 1, top_fraction)
-        logger.debug("MSM exact: N=%d L=%d k=%d block=%d device=%s", n, Z.shape[1], k, block, dev)
-        scores = _exact_table_scores(Z, k, block, loader, progress)
-    else:
-        k = _num_kept(reference_size, top_fraction)
-        logger.debug("MSM sampled: N=%d R=%d k=%d block=%d device=%s", n, reference_size, k, block, dev)
-        scores = _sampled_table_scores(Z, k, block, loader, reference_size, seed, progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=_msm_steps(n, block, reference_size), desc="MSM", disable=not progress, leave=False)
+    try:
+        if reference_size is None or reference_size >= n - 1:
+            k = _num_kept(n - 1, top_fraction)
+            logger.debug("MSM exact: N=%d L=%d k=%d block=%d device=%s", n, Z.shape[1], k, block, dev)
+            scores = _exact_table_scores(Z, k, block, loader, bar)
+        else:
+            k = _num_kept(reference_size, top_fraction)
+            logger.debug("MSM sampled: N=%d R=%d k=%d block=%d device=%s", n, reference_size, k, block, dev)
+            scores = _sampled_table_scores(Z, k, block, loader, reference_size, seed, bar)
+    finally:
+        if own_bar:
+            bar.close()
     return scores.to(Z.device)
 
 
@@ -557,7 +573,7 @@ def musc_patch_scores(
         layer_tokens: per layer ``[N, L, C_l]`` patch tokens (no class token), same N and L for all layers.
         rs: LNAMD degrees. top_fraction, block, reference_size, seed: as in :func:`mutual_scores`.
         device: compute device; default the tokens' device.
-        progress: tqdm bars.
+        progress: one tqdm bar over all ``len(rs) * len(layers)`` mutual-scoring passes.
         z_dtype: storage dtype of the aggregated features.
 
     Returns:
@@ -580,18 +596,20 @@ def musc_patch_scores(
     if n < 2:
         raise BatchTooSmallError(f"mutual scoring needs at least 2 images, got {n}")
     total = torch.zeros(n, length, dtype=torch.float64, device=home)
-    for r in rs:
-        for li, tokens in enumerate(layers):
-            z = _lnamd_streamed(tokens, r, dev, max(1, block), z_dtype)
-            logger.debug("MSM for r=%d layer=%d", r, li)
-            total += mutual_scores(
-                z,
-                top_fraction,
-                block=block,
-                reference_size=reference_size,
-                seed=seed,
-                progress=progress,
-                device=dev,
-            ).to(home, torch.float64)
-            del z
+    steps = len(rs) * len(layers) * _msm_steps(n, block, reference_size)
+    with tqdm(total=steps, desc="mutual scoring", disable=not progress, leave=False) as bar:
+        for r in rs:
+            for li, tokens in enumerate(layers):
+                z = _lnamd_streamed(tokens, r, dev, max(1, block), z_dtype)
+                logger.debug("MSM for r=%d layer=%d", r, li)
+                total += mutual_scores(
+                    z,
+                    top_fraction,
+                    block=block,
+                    reference_size=reference_size,
+                    seed=seed,
+                    device=dev,
+                    bar=bar,
+                ).to(home, torch.float64)
+                del z
     return (total / (len(rs) * len(layers))).to(torch.float32)
