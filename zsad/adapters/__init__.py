@@ -1,5 +1,67 @@
-"""Learned adapters: folders of ``adapter.json`` + ``weights.safetensors`` (see :mod:`zsad.adapters.folder`)."""
+"""Learned adapters: folders of ``adapter.json`` + ``weights.safetensors`` (see :mod:`zsad.adapters.folder`).
+
+:func:`load` is the checked entry point: besides the folder's own problems (missing files, wrong kind,
+unsupported version) it refuses an adapter made for another backbone and tensors whose shapes do not fit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zsad.adapters.folder import AdapterFolder, load_adapter, read_adapter_config, save_adapter
+from zsad.errors import AdapterError
 
-__all__ = ["AdapterFolder", "load_adapter", "read_adapter_config", "save_adapter"]
+if TYPE_CHECKING:
+    from zsad.backbones import ClipBackbone
+
+log = logging.getLogger(__name__)
+
+#: kind -> "module:function(folder, backbone_or_None)" that checks the kind's tensors; imported lazily.
+VALIDATORS: dict[str, str] = {
+    "anomalyclip-prompts": "zsad.anomalyclip.adapter:check_folder",
+}
+
+
+def backbone_name(backbone: ClipBackbone | str) -> str:
+    return backbone if isinstance(backbone, str) else backbone.spec.name
+
+
+def check_backbone(folder: AdapterFolder, backbone: ClipBackbone | str) -> None:
+    """The adapter's recorded backbone must be the one given. The same architecture with weights from a local
+    file is accepted with a warning (a file path cannot be compared with a pretrained tag)."""
+    from zsad.backbones.names import parse_backbone_name
+
+    where = folder.path or "adapter"
+    recorded = folder.config.get("backbone")
+    if not recorded:
+        raise AdapterError(f"{where}: adapter.json does not name the backbone it was made for")
+    name = backbone_name(backbone)
+    if recorded == name:
+        return
+    ours, theirs = parse_backbone_name(name), parse_backbone_name(str(recorded))
+    if ours.arch == theirs.arch and "file" in (ours.kind, theirs.kind):
+        log.warning("adapter %s was made for backbone '%s' and is used with '%s': same architecture; make sure the "
+                    "weights are the same", where, recorded, name)
+        return
+    raise AdapterError(f"{where}: adapter was made for backbone '{recorded}' but the backbone is '{name}'; "
+                       f"use --backbone {recorded} or an adapter trained for {name}")
+
+
+def load(path: str | Path, backbone: ClipBackbone | str | None = None, *, kind: str | None = None) -> AdapterFolder:
+    """Read an adapter folder and check it: kind (when given), backbone (when given: a loaded backbone or its
+    name) and tensor shapes. Every problem is an :class:`AdapterError` saying what is wrong with which file."""
+    folder = load_adapter(path, kind)
+    if backbone is not None:
+        check_backbone(folder, backbone)
+    validator = VALIDATORS.get(folder.kind)
+    if validator is not None:
+        module, func = validator.split(":")
+        getattr(importlib.import_module(module), func)(folder, None if isinstance(backbone, str) else backbone)
+    return folder
+
+
+__all__ = ["AdapterFolder", "VALIDATORS", "check_backbone", "load", "load_adapter", "read_adapter_config",
+           "save_adapter"]

@@ -1,0 +1,310 @@
+"""Training AnomalyCLIP prompts on an auxiliary dataset with masks (zqhang/AnomalyCLIP ``train.py``).
+
+Published protocol: train on the *test* split of MVTec AD (evaluate on VisA, MPDD, BTAD, ...) or of VisA
+(evaluate on MVTec AD); Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111, 518 px, no
+augmentation, the last epoch is kept. Images and masks are squash-resized together (masks bilinearly, then
+thresholded at 0.5, as the official ``target_transform``), never center-cropped apart.
+
+The output folder is an adapter folder (rewritten after every epoch) plus ``train_state.safetensors``
+(learner and Adam state, tensors only, written atomically) and ``train_log.csv`` (one row per epoch), so
+``resume=True`` continues after the last finished epoch with the same data order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zsad.anomalyclip.adapter import KIND, PromptSettings, save_prompt_adapter
+from zsad.anomalyclip.forward import image_features, probability_maps, resolve_dpam_layers, resolve_taps, state_logits
+from zsad.anomalyclip.losses import LossParts, anomalyclip_loss
+from zsad.anomalyclip.prompts import PromptLearner, PromptTextEncoder, resolve_shape, text_width
+from zsad.backbones import ClipBackbone
+from zsad.backbones.names import DEFAULT_BACKBONE
+from zsad.errors import DatasetError, UsageError
+from zsad.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "train_state.safetensors"
+LOG_NAME = "train_log.csv"
+LOG_FIELDS = ("epoch", "steps", "loss", "global_loss", "local_loss", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``zsad train-prompts`` options; defaults are the published ones (module doc)."""
+
+    data: Path
+    out: Path
+    format: str = "auto"
+    split: str = "test"
+    categories: tuple[str, ...] | None = None
+    backbone: str = DEFAULT_BACKBONE
+    epochs: int = 15
+    lr: float = 1e-3
+    batch_size: int = 8
+    image_size: int = 518
+    seed: int = 111
+    taps: str | tuple[int, ...] = "last"
+    local_weight: float | None = None  # None: 4 with one tap (released), 1 with several (paper)
+    n_ctx: int = 12
+    deep_length: int = 4
+    deep_depth: int | None = None  # None: 9, clipped to the text depth
+    dpam_layers: int | None = None  # None: 19 of 24, scaled to the vision depth
+    device: str = "auto"
+    precision: str = "fp32"  # official training is fp32; fp16/bf16 autocast the frozen vision pass only
+    workers: int = 0
+    resume: bool = False
+    progress: bool = True
+    cache_dir: str | None = None
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if self.workers < 0:
+            raise UsageError(f"workers must not be negative, got {self.workers}")
+
+
+class MaskedImages(torch.utils.data.Dataset):
+    """(image tensor, mask ``[S, S]`` in {0, 1}, label) for training; both squash-resized to ``size``."""
+
+    def __init__(self, samples: Sequence, preprocess, size: int) -> None:
+        self.samples = list(samples)
+        self.preprocess = preprocess
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from zsad.data.datasets import load_mask
+        from zsad.data.images import load_image
+
+        sample = self.samples[index]
+        image = load_image(sample.image_path)
+        mask = load_mask(sample.mask_path, image.size, sample.image_path)
+        image_tensor = self.preprocess([image])[0]
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((self.size, self.size), Image.BILINEAR)
+        mask_tensor = torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.float32))
+        return image_tensor, mask_tensor, int(sample.label)
+
+
+def training_samples(data: Path, format: str = "auto", split: str = "test",
+                     categories: Sequence[str] | None = None) -> tuple[list, dict[str, Any]]:
+    """Samples of every chosen category of one split, and the summary recorded in ``adapter.json``."""
+    from zsad.data.datasets import open_dataset
+
+    dataset = open_dataset(data, format=format, categories=categories)
+    samples = [s for c in dataset.categories for s in dataset.samples(c, split)]
+    if not samples:
+        raise DatasetError(f"{data}: no {split} images in categories {', '.join(dataset.categories)}")
+    anomalous = sum(s.label == 1 for s in samples)
+    masks = sum(s.mask_path is not None for s in samples)
+    if anomalous and masks < anomalous:
+        log.warning("%d of %d anomalous training images have no mask; they count as all-normal pixels (as in the "
+                    "official code)", anomalous - masks, anomalous)
+    summary = {"root": str(data), "format": dataset.format, "split": split, "categories": list(dataset.categories),
+               "n_images": len(samples), "n_anomalous": anomalous, "n_masks": masks}
+    return samples, summary
+
+
+class PromptTrainer:
+    """One AnomalyCLIP training step on a batch; the backbone is frozen and checked to stay so."""
+
+    def __init__(self, backbone: ClipBackbone, learner: PromptLearner, *, taps: Sequence[int], dpam_layers: int,
+                 local_weight: float, lr: float = 1e-3, dtype: torch.dtype = torch.float32) -> None:
+        if any(p.requires_grad for p in backbone.parameters()):
+            raise RuntimeError("the backbone must be frozen: only prompt parameters are trained")
+        self.backbone = backbone
+        self.learner = learner.to(backbone.device).train()
+        self.encoder = PromptTextEncoder(backbone, learner.shape)
+        self.taps = list(taps)
+        self.dpam_layers = dpam_layers
+        self.local_weight = local_weight
+        self.dtype = dtype
+        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=lr, betas=(0.5, 0.999))
+
+    def loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossParts:
+        """The objective on a batch, with gradients for the prompt parameters only."""
+        device = self.backbone.device
+        with torch.no_grad():
+            feats = image_features(self.backbone, images.to(device), self.taps, self.dpam_layers, self.dtype)
+        text = self.encoder(self.learner)
+        maps = [probability_maps(p, text, self.backbone.image_size) for p in feats.patches]
+        return anomalyclip_loss(state_logits(feats.global_, text), labels.to(device), maps, masks.to(device),
+                                self.local_weight)
+
+    def step(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossParts:
+        parts = self.loss(images, masks, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        self.optimizer.step()
+        return parts
+
+    # -- state as tensors only (safetensors), so resuming never unpickles --------------------------------
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"learner.{k}": v for k, v in self.learner.tensors().items()}
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            for key, value in state.items():
+                tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        return tensors, {"param_groups": optim["param_groups"]}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        device = self.backbone.device
+        with torch.no_grad():
+            for name in PromptLearner.TENSOR_NAMES:
+                getattr(self.learner, name).copy_(tensors[f"learner.{name}"].to(device))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, field = key.split(".", 2)
+                state.setdefault(int(index), {})[field] = value if field == "step" else value.to(device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _write_state(out: Path, trainer: PromptTrainer, info: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = trainer.state_tensors()
+    tmp = out / f".{STATE_NAME}.{os.getpid()}.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata={"zsad": json.dumps({**info, **meta})})
+        os.replace(tmp, out / STATE_NAME)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    path = out / STATE_NAME
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = json.loads(handle.metadata()["zsad"])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
+        raise UsageError(f"{path}: cannot resume from this training state ({exc})") from None
+    return tensors, meta
+
+
+def _write_log(out: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / LOG_NAME, buffer.getvalue())
+
+
+def _read_log(out: Path, epochs_done: int) -> list[dict[str, Any]]:
+    path = out / LOG_NAME
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= epochs_done]
+
+
+def _signature(config: TrainConfig, settings: PromptSettings) -> dict[str, Any]:
+    """Settings a resumed run must share with the interrupted one."""
+    return {"data": str(config.data), "split": config.split, "lr": config.lr, "batch_size": config.batch_size,
+            "seed": config.seed, **settings.to_config()}
+
+
+def train_prompts(config: TrainConfig) -> Path:
+    """Train (or resume) and return the adapter folder ``config.out``."""
+    from tqdm.auto import tqdm
+
+    from zsad.backbones import load_backbone
+    from zsad.runtime import resolve_device, resolve_precision
+
+    config.check()
+    out = Path(config.out)
+    if not config.resume and out.exists() and any((out / n).exists() for n in (STATE_NAME, "adapter.json")):
+        raise UsageError(f"{out} already holds an adapter or a training run; pass --resume to continue it, or "
+                         f"choose another --out")
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    samples, summary = training_samples(config.data, config.format, config.split, config.categories)
+    backbone = load_backbone(config.backbone, image_size=config.image_size, device=device,
+                             cache_dir=config.cache_dir, pos_interpolation="bilinear", warn_random=False)
+    taps = resolve_taps(backbone, config.taps)
+    dpam_layers = resolve_dpam_layers(backbone, config.dpam_layers)
+    shape = resolve_shape(backbone, config.n_ctx, config.deep_length, config.deep_depth)
+    local_weight = config.local_weight if config.local_weight is not None else (4.0 if len(taps) == 1 else 1.0)
+    settings = PromptSettings(backbone=config.backbone, image_size=config.image_size, taps=tuple(taps),
+                              dpam_layers=dpam_layers, shape=shape, local_weight=local_weight)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        learner = PromptLearner(shape, text_width(backbone))
+    trainer = PromptTrainer(backbone, learner, taps=taps, dpam_layers=dpam_layers, local_weight=local_weight,
+                            lr=config.lr, dtype=dtype)
+    signature = _signature(config, settings)
+    done = 0
+    if config.resume and (out / STATE_NAME).is_file():
+        tensors, meta = _read_state(out)
+        if meta.get("signature") != signature:
+            raise UsageError(f"{out}: the interrupted run used other settings ({meta.get('signature')}); resume with "
+                             f"the same options or choose another --out")
+        trainer.load_state_tensors(tensors, meta)
+        done = int(meta["epochs_done"])
+        log.info("resuming %s after epoch %d of %d", out, done, config.epochs)
+    rows = _read_log(out, done) if done else []
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = MaskedImages(samples, backbone.preprocess, config.image_size)
+    steps_per_epoch = -(-len(dataset) // config.batch_size)
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=done * steps_per_epoch, unit="step",
+               disable=not config.progress or None, desc="train-prompts")
+    try:
+        for epoch in range(done, config.epochs):
+            started = time.perf_counter()
+            # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
+            order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                                                 generator=order, num_workers=config.workers)
+            totals = np.zeros(3)
+            steps = 0
+            for images, masks, labels in loader:
+                parts = trainer.step(images, masks, labels)
+                totals += [float(parts.total.detach()), float(parts.global_.detach()), float(parts.local.detach())]
+                steps += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / steps:.4f}")
+            means = totals / max(steps, 1)
+            rows.append({"epoch": epoch + 1, "steps": steps, "loss": f"{means[0]:.6f}",
+                         "global_loss": f"{means[1]:.6f}", "local_loss": f"{means[2]:.6f}",
+                         "seconds": f"{time.perf_counter() - started:.2f}"})
+            training = {**summary, "epochs": config.epochs, "epochs_done": epoch + 1, "lr": config.lr,
+                        "betas": [0.5, 0.999], "batch_size": config.batch_size, "seed": config.seed,
+                        "precision": config.precision, "final_loss": round(float(means[0]), 6)}
+            _write_state(out, trainer, {"epochs_done": epoch + 1, "signature": signature})
+            save_prompt_adapter(out, trainer.learner, settings, training=training, source={"kind": "trained"})
+            _write_log(out, rows)
+    finally:
+        bar.close()
+    return out
+
+
+def training_config_fields() -> set[str]:
+    """Field names of :class:`TrainConfig` (recipes are checked against them)."""
+    return set(asdict(TrainConfig(data=Path("."), out=Path("."))))
+
+
+__all__ = ["KIND", "MaskedImages", "PromptTrainer", "TrainConfig", "train_prompts", "training_samples"]
