@@ -1,0 +1,115 @@
+"""``zsad ask IMAGE "question"``: score one image and answer a question about it on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from zsad.errors import UsageError
+
+#: adapter kinds and where ``--adapter`` routes them
+DETECTOR_ADAPTER_KINDS = ("anomalyclip-prompts",)
+LVLM_ADAPTER_KINDS = ("lvlm-lora",)
+
+
+def add_ask_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from zsad.cli import _add_model_options
+    from zsad.methods import list_methods
+
+    p = subparsers.add_parser("ask", help='answer a question about one image: "is there a defect? where? what kind?"')
+    p.add_argument("image", help="the image file")
+    p.add_argument("question", nargs="+", help="the question (quote it, or give it as several words)")
+    p.add_argument("--method", default="clip", choices=[m for m in list_methods() if m not in ("musc", "auto")],
+                   help="scoring method for a single image (default clip)")
+    _add_model_options(p, adapter=False)
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="adapter folder, repeatable; its kind routes it: learned prompts go to the detector "
+                        "(use with --method anomalyclip), a LoRA dialogue adapter to the LVLM")
+    p.add_argument("--lvlm", default=None, metavar="MODEL",
+                   help="answer with a vision-language model (Hugging Face id or local folder, e.g. "
+                        "HuggingFaceTB/SmolVLM-256M-Instruct); without it, grounded rule-based answers")
+    p.add_argument("--json", action="store_true", help="print the evidence and the answer as JSON")
+    p.set_defaults(func=cmd_ask)
+    return p
+
+
+def _route_adapters(paths: list[str]) -> tuple[str | None, str | None]:
+    """(detector adapter, LVLM adapter) from the ``--adapter`` folders, by the kind in their adapter.json."""
+    from zsad.adapters import read_adapter_config
+
+    detector = lvlm = None
+    for path in paths:
+        kind = read_adapter_config(path)["kind"]
+        if kind in DETECTOR_ADAPTER_KINDS:
+            if detector:
+                raise UsageError(f"two detector adapters given ({detector}, {path}); pass one")
+            detector = path
+        elif kind in LVLM_ADAPTER_KINDS:
+            if lvlm:
+                raise UsageError(f"two LVLM adapters given ({lvlm}, {path}); pass one")
+            lvlm = path
+        else:
+            raise UsageError(f"adapter {path} has kind '{kind}', which zsad ask cannot use")
+    return detector, lvlm
+
+
+def _responder(args: argparse.Namespace, lvlm_adapter: str | None):
+    """The LVLM responder when asked for and loadable; otherwise None (grounded), with a warning saying why."""
+    if not args.lvlm:
+        if lvlm_adapter:
+            raise UsageError(f"--adapter {lvlm_adapter} is a dialogue adapter: pass --lvlm MODEL with it")
+        return None
+    from zsad.errors import ZsadError
+
+    try:
+        from zsad.dialogue.lvlm import LvlmResponder
+
+        return LvlmResponder.load(args.lvlm, adapter=lvlm_adapter, device=args.device, precision=args.precision,
+                                  cache_dir=args.cache_dir)
+    except ImportError as exc:
+        reason = f"the dialogue extra is not installed ({exc}); pip install 'zsad[dialogue]'"
+    except ZsadError as exc:
+        reason = str(exc)
+    print(f"zsad: WARNING: cannot use the LVLM '{args.lvlm}': {reason}. Answering from the detector's evidence.",
+          file=sys.stderr)
+    return None
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import zsad
+    from zsad.data.images import load_image
+    from zsad.dialogue import Conversation
+
+    question = " ".join(args.question).strip()
+    if not question:
+        raise UsageError("the question is empty")
+    detector_adapter, lvlm_adapter = _route_adapters(args.adapter)
+    options = {}
+    if args.prompts:
+        options["prompts"] = args.prompts
+    if detector_adapter:
+        if args.method != "anomalyclip":
+            raise UsageError(f"--adapter {detector_adapter} holds learned prompts: use it with --method anomalyclip")
+        options["adapter"] = detector_adapter
+    image = load_image(args.image)
+    detector = zsad.create(args.method, backbone=args.backbone, device=args.device, precision=args.precision,
+                           image_size=args.image_size, threshold=args.threshold, class_name=args.class_name,
+                           cache_dir=args.cache_dir, warn_random=False, **options)
+    if detector.backbone.random_weights:
+        print(f"zsad: WARNING: backbone '{args.backbone}' has random weights: the answer is meaningless "
+              f"(fine for tests and smoke runs)", file=sys.stderr)
+    result = detector.score_images([image], [args.image])[0]
+    responder = _responder(args, lvlm_adapter)
+    conversation = Conversation.from_result(result, image, class_name=args.class_name or "object",
+                                            responder=responder)
+    answer = conversation.ask(question)
+    for note in conversation.notes:
+        print(f"zsad: WARNING: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"image": args.image, "question": question, "answer": answer,
+                          "responder": getattr(conversation.responder, "name", "grounded"),
+                          "evidence": conversation.evidence.to_dict()}, indent=2))
+    else:
+        print(answer)
+    return 0
