@@ -69,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     from zsad.evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
-    # -- commands of issue 5 (train-prompts, adapters) --
+    from zsad.adapters.cli import add_prompt_parsers
+    add_prompt_parsers(sub)
     # -- commands of issue 6 (ask, train-dialogue) --
-    # -- commands of issue 7 (demo) --
+    from zsad.dialogue.cli import add_ask_parser
+    add_ask_parser(sub)
+    from zsad.demo_cli import add_demo_parser
+    add_demo_parser(sub)
 
     models = sub.add_parser("models", help="list methods and backbones")
     models.set_defaults(func=cmd_models)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from zsad.backbones import DEFAULT_BACKBONE, load_backbone
+from zsad.backbones import DEFAULT_BACKBONE, ClipBackbone, load_backbone
 from zsad.data.images import load_image
 from zsad.errors import BatchTooSmallError, UsageError
 from zsad.methods import method_class
@@ -93,7 +93,7 @@ class Detector:
 def create(
     method: str = "clip",
     *,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | ClipBackbone = DEFAULT_BACKBONE,
     device: str | torch.device = "auto",
     precision: str = "auto",
     image_size: int = 518,
@@ -104,13 +104,17 @@ def create(
     warn_random: bool = True,
     **method_options,
 ) -> Detector:
-    """Build a detector. ``method_options`` are fields of the method's config dataclass (e.g. ``prompts=``)."""
+    """Build a detector. ``method_options`` are fields of the method's config dataclass (e.g. ``prompts=``).
+
+    ``backbone`` is a name, or an already loaded :class:`ClipBackbone` to share between detectors (the demo keeps
+    one per process); a shared backbone keeps its device and input size (``device``/``image_size`` are ignored).
+    """
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"threshold must be in [0, 1], got {threshold}")
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     cls = method_class(method)
-    torch_device = resolve_device(device)
+    torch_device = backbone.device if isinstance(backbone, ClipBackbone) else resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     config_cls = cls.config_class
     config = None
@@ -122,8 +126,14 @@ def create(
         config = config_cls(**method_options)
     elif method_options:
         raise UsageError(f"method '{method}' takes no options, got {sorted(method_options)}")
-    bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
-                       pos_interpolation=cls.pos_interpolation, warn_random=warn_random)
+    if isinstance(backbone, ClipBackbone):
+        if backbone.pos_interpolation != cls.pos_interpolation:
+            raise UsageError(f"method '{method}' needs position embeddings resized {cls.pos_interpolation}ly, the "
+                             f"shared backbone's were resized {backbone.pos_interpolation}ly; load one per mode")
+        bb = backbone
+    else:
+        bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
+                           pos_interpolation=cls.pos_interpolation, warn_random=warn_random)
     kwargs = {"config": config} if config is not None else {}
     detector = Detector(cls(bb, dtype=dtype, threshold=threshold, **kwargs), batch_size=batch_size)
     detector.setup(class_name)

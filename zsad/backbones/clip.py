@@ -97,6 +97,7 @@ class ClipBackbone(nn.Module):
         if getattr(visual, "attn_pool", None) is not None:
             raise UsageError(f"backbone '{spec.name}' uses attention pooling, which zsad does not support")
         self.spec = spec
+        self.pos_interpolation = pos_interpolation
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.patch_size = int(visual.patch_size[0])
