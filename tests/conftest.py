@@ -36,3 +36,13 @@ def make_image(rng):
         return random_image(rng, width, height)
 
     return factory
+
+
+@pytest.fixture
+def loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

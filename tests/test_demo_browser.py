@@ -6,7 +6,6 @@ installs them); nothing is downloaded.
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,10 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                        "chromium-driver; .ci/run installs them)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, loopback_port):
     """``zsad demo`` in a subprocess on a free loopback port; always stopped."""
-    port = free_port()
+    port = loopback_port
     log = open(tmp_path / "server.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "zsad", "demo", "--backbone", "tiny-random", "--image-size", "112", "--device", "cpu",

@@ -1,7 +1,6 @@
 """Twenty visitors at once: concurrent scoring requests through gradio_client all succeed, share one model, and
 get the same answer for the same image."""
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,21 +14,15 @@ N_REQUESTS = 20
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def served(tmp_path):
+def served(tmp_path, loopback_port):
     from zsad.demo_cli import load_demo_module
 
     demo = load_demo_module()
     app = demo.DemoApp(demo.DemoConfig(backbone="tiny-random", image_size=112, device="cpu", precision="fp32"))
     try:
         app.warm_up()
-        port = free_port()
+        port = loopback_port
         app.launch("127.0.0.1", port, block=False, quiet=True)
         yield app, f"http://127.0.0.1:{port}/"
     finally:

@@ -60,14 +60,7 @@ def resolve_taps(backbone: ClipBackbone, taps: str | Sequence[int]) -> list[int]
             raise UsageError(f"taps must be 'last', 'paper' or 0-based block numbers like 5,11,17,23; got {taps!r}") from None
     if not taps:
         raise UsageError("at least one tapped block is needed")
-    depth = backbone.num_layers
-    out = []
-    for t in taps:
-        index = t + depth if t < 0 else t
-        if not 0 <= index < depth:
-            raise UsageError(f"tapped block {t} is out of range for a {depth}-block vision tower (0-based)")
-        out.append(index)
-    return sorted(set(out))
+    return sorted(set(backbone.check_layers(taps)))
 
 
 def image_features(backbone: ClipBackbone, images: torch.Tensor, taps: Sequence[int], dpam_layers: int,

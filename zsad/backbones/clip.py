@@ -155,7 +155,8 @@ class ClipBackbone(nn.Module):
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         return visual.ln_pre(x)
 
-    def _check_layers(self, layers: Sequence[int]) -> list[int]:
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        """0-based block indices (negative ones count from the end); a block the model lacks is a UsageError."""
         n = self.num_layers
         out = []
         for layer in layers:
@@ -174,7 +175,7 @@ class ClipBackbone(nn.Module):
         as AnomalyCLIP's DPAM) also feed the V-V stream, and tapped blocks at or after ``vv_start`` return
         V-V tokens. The original stream is never altered, so ``pooled`` is the same either way.
         """
-        wanted = self._check_layers(layers)
+        wanted = self.check_layers(layers)
         if vv_start is None:
             vv_start = self.num_layers - round(self.num_layers * 19 / 24)
         images = images.to(self.device)
