@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from zsad.data.synthetic import make_sample
-from zsad.dialogue import Conversation, GroundedResponder, Intent, evidence_from_mask, evidence_from_result, recognise
-from zsad.dialogue.evidence import confidence_word, size_word
+from zsad.dialogue import Conversation, GroundedResponder, Intent, evidence_from_mask, recognise
 from zsad.dialogue.grounded import CAN_ONLY_TELL
 from zsad.errors import WeightsNotFoundError
 from zsad.scoring.postprocess import build_result
-from zsad.types import GRID_CELLS
 
 CORNERS = {"top left": (0.18, 0.18), "top right": (0.82, 0.18), "bottom left": (0.18, 0.82),
            "bottom right": (0.82, 0.82), "center": (0.5, 0.5)}
@@ -101,31 +99,6 @@ def test_unknown_question_says_what_it_can_tell():
     evidence = evidence_from_mask(np.zeros((10, 10), bool))
     answer = GroundedResponder().answer("What colour is the sky?", evidence)
     assert answer == CAN_ONLY_TELL and answer.startswith("I can only tell")
-
-
-def test_size_and_confidence_words_follow_the_documented_rules():
-    assert [size_word(a) for a in (0.001, 0.01, 0.05, 0.5)] == ["tiny", "small", "medium", "large"]
-    assert confidence_word(0.3, 0.5, anomalous=False) == "not suspicious"
-    assert confidence_word(0.55, 0.5, anomalous=True) == "slightly suspicious"  # margin 0.1
-    assert confidence_word(0.75, 0.5, anomalous=True) == "moderately suspicious"  # margin 0.5
-    assert confidence_word(0.95, 0.5, anomalous=True) == "highly suspicious"  # margin 0.9
-
-
-def test_evidence_from_result_follows_the_decision():
-    amap = np.zeros((60, 90), np.float32)
-    amap[40:55, 70:85] = 0.9  # bottom right
-    result = build_result(image_score=0.8, anomaly_map=amap, threshold=0.5, method="m",
-                          defect_probs={"scratch": 0.7, "hole": 0.3})
-    evidence = evidence_from_result(result, class_name="bottle")
-    assert evidence.anomalous and evidence.confidence == "moderately suspicious"
-    assert evidence.cells() == {"bottom right"} and evidence.regions[0].bbox == (70, 40, 85, 55)
-    assert evidence.defect_type == "scratch" and evidence.defect_prob == pytest.approx(0.7)
-    assert evidence.image_size == (90, 60)
-    text = evidence.to_text()
-    assert "0.80" in text and "bottom right" in text and "scratch" in text
-    normal = evidence_from_result(build_result(image_score=0.2, anomaly_map=amap, threshold=0.5, method="m"))
-    assert not normal.anomalous and normal.regions == () and "no defect found" in normal.to_text()
-    assert set(GRID_CELLS) >= evidence.cells()
 
 
 class _Failing:
