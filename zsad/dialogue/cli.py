@@ -65,8 +65,12 @@ def _responder(args: argparse.Namespace, lvlm_adapter: str | None):
     try:
         from zsad.dialogue.lvlm import LvlmResponder
 
-        return LvlmResponder.load(args.lvlm, adapter=lvlm_adapter, device=args.device, precision=args.precision,
-                                  cache_dir=args.cache_dir)
+        responder = LvlmResponder.load(args.lvlm, adapter=lvlm_adapter, device=args.device,
+                                       precision=args.precision, cache_dir=args.cache_dir)
+        if responder.random_weights:
+            print(f"zsad: WARNING: LVLM '{args.lvlm}' has random weights: its answer is noise (tests and smoke runs "
+                  f"only)", file=sys.stderr)
+        return responder
     except ImportError as exc:
         reason = f"the dialogue extra is not installed ({exc}); pip install 'zsad[dialogue]'"
     except ZsadError as exc:
