@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     # -- commands of issue 6 (ask, train-dialogue) --
     from zsad.dialogue.cli import add_ask_parser
     add_ask_parser(sub)
+    from zsad.dialogue.train import add_train_dialogue_parser
+    add_train_dialogue_parser(sub)
     from zsad.demo_cli import add_demo_parser
     add_demo_parser(sub)
 

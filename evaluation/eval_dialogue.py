@@ -1,0 +1,215 @@
+"""Evaluate a dialogue responder on a dataset: yes/no, defect type, location, count and faithfulness.
+
+Usage::
+
+    python evaluation/eval_dialogue.py --data /data/visa --out runs/dialogue-visa                    # grounded
+    python evaluation/eval_dialogue.py --data /data/visa --lvlm HuggingFaceTB/SmolVLM-256M-Instruct \\
+        --adapter adapters/smolvlm-mvtec --backbone ViT-L-14-336:openai --out runs/lvlm-visa
+    python evaluation/eval_dialogue.py --data DATA --lvlm tiny-random --backbone tiny-random --image-size 112 ...
+
+Evidence comes from the CLIP detector (``--detector clip``, default) or from the ground-truth masks
+(``--detector ground-truth``: an upper bound that isolates the language side). Metrics (lvlm.md §4.6):
+
+* yes/no: accuracy, balanced accuracy, F1 against the ground truth, with the anchored parser
+  (:func:`zsad.dialogue.judge.parse_yes_no`), per class and macro-averaged over classes (``yes_no``) and pooled
+  (``yes_no_pooled``); unparsed answers count as wrong and are reported;
+* type: top-1 accuracy and macro-F1 on true-positive anomalies with a known type;
+* location: the true set is every grid cell covered >= 5 % by the mask; exact cell-set match, Jaccard and a
+  one-neighbour hit on true positives; count accuracy;
+* faithfulness: agreement of the stated verdict with the detector's, defects invented on images the detector
+  calls normal, and (``--hint-flip``) the share of answers that follow a flipped hint.
+
+Writes ``OUT/dialogue_metrics.json``, ``OUT/dialogue_metrics.md`` and ``OUT/answers.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsad.dialogue.evidence import Evidence, evidence_from_mask, evidence_from_result
+from zsad.dialogue.instructions import corrupt, fold_defect_type, load_dialogue_tables
+from zsad.dialogue.judge import (
+    binary_metrics,
+    covered_cells,
+    location_scores,
+    macro_f1,
+    parse_cells,
+    parse_count,
+    parse_type,
+    parse_yes_no,
+)
+
+
+def _questions(class_name: str) -> dict[str, str]:
+    tables = load_dialogue_tables()
+    return {intent: qs[0].format(object=class_name) for intent, qs in tables.questions.items()}
+
+
+def evaluate_dialogue(records: list[dict[str, Any]], vocab: dict[str, Any]) -> dict[str, Any]:
+    """Metrics from per-image records: ``truth`` / ``detector`` Evidence dicts and the ``answers`` per intent."""
+    yes_pred = [parse_yes_no(r["answers"]["anomaly"]) for r in records]
+    truth = [bool(r["truth"]["anomalous"]) for r in records]
+    detector = [bool(r["detector"]["anomalous"]) for r in records]
+    categories = sorted({r.get("category", "") for r in records})
+    per_class = {c: binary_metrics([p for p, r in zip(yes_pred, records) if r.get("category", "") == c],
+                                   [t for t, r in zip(truth, records) if r.get("category", "") == c])
+                 for c in categories}
+    macro = {k: float(np.mean([m[k] for m in per_class.values()])) for k in ("accuracy", "balanced_accuracy", "f1",
+                                                                              "unparsed")}
+    out: dict[str, Any] = {"n_images": len(records), "yes_no": {"n_classes": len(categories), **macro},
+                           "yes_no_pooled": binary_metrics(yes_pred, truth)}
+    tp = [i for i, r in enumerate(records) if truth[i] and detector[i]]
+    typed = [i for i in tp if records[i]["truth"]["defect_type"]]
+    if typed:
+        predicted = [parse_type(records[i]["answers"]["type"], vocab) for i in typed]
+        actual = [records[i]["truth"]["defect_type"] for i in typed]
+        out["type"] = {"n": len(typed), "accuracy": float(np.mean([p == a for p, a in zip(predicted, actual)])),
+                       "macro_f1": macro_f1(predicted, actual)}
+    if tp:
+        scores = [location_scores(parse_cells(records[i]["answers"]["where"]),
+                                  set(records[i].get("truth_cells") or
+                                      {reg["cell"] for reg in records[i]["truth"]["regions"]})) for i in tp]
+        out["location"] = {"n": len(tp), **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}}
+        counts = [parse_count(records[i]["answers"]["count"]) == len(records[i]["truth"]["regions"]) for i in tp]
+        out["count"] = {"n": len(tp), "accuracy": float(np.mean(counts))}
+    agree = [p is not None and p == d for p, d in zip(yes_pred, detector)]
+    normal_by_detector = [i for i, d in enumerate(detector) if not d]
+    faith: dict[str, Any] = {"agreement_with_detector": float(np.mean(agree)) if agree else float("nan")}
+    if normal_by_detector:
+        faith["invented_defects"] = float(np.mean([yes_pred[i] is True for i in normal_by_detector]))
+    flips = [r for r in records if "flipped_answer" in r]
+    if flips:
+        follows = [parse_yes_no(r["flipped_answer"]) == bool(r["flipped_anomalous"]) for r in flips]
+        faith["follows_flipped_hint"] = float(np.mean(follows))
+    out["faithfulness"] = faith
+    return out
+
+
+def markdown(metrics: dict[str, Any], settings: dict[str, Any]) -> str:
+    lines = ["# Dialogue evaluation", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
+             "| group | metric | value |", "|---|---|---|"]
+    for group, values in metrics.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                lines.append(f"| {group} | {key} | {value:.4f} |" if isinstance(value, float)
+                             else f"| {group} | {key} | {value} |")
+        else:
+            lines.append(f"| - | {group} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from PIL import Image
+
+    import zsad
+    from zsad.data.datasets import load_mask, open_dataset
+    from zsad.data.images import load_image
+    from zsad.dialogue.grounded import GroundedResponder
+    from zsad.prompts import load_prompt_bank
+    from zsad.visualize import overlay
+
+    vocab = dict(load_prompt_bank().defects)
+    dataset = open_dataset(args.data, categories=args.categories or None)
+    if args.lvlm:
+        from zsad.dialogue.lvlm import LvlmResponder
+
+        responder = LvlmResponder.load(args.lvlm, adapter=args.adapter, device=args.device, precision=args.precision,
+                                       cache_dir=args.cache_dir)
+        if responder.random_weights:
+            print(f"eval_dialogue: WARNING: LVLM '{args.lvlm}' has random weights: its answers are noise", file=sys.stderr)
+    else:
+        responder = GroundedResponder()
+    rng = random.Random(args.seed)
+    records: list[dict[str, Any]] = []
+    for category in dataset.categories:
+        class_name = category.replace("_", " ")
+        samples = dataset.samples(category, "test")
+        if args.limit:
+            samples = samples[:args.limit]
+        detector = None
+        if args.detector != "ground-truth":
+            detector = zsad.create(args.detector, backbone=args.backbone, device=args.device, precision=args.precision,
+                                   image_size=args.image_size, threshold=args.threshold, class_name=class_name,
+                                   cache_dir=args.cache_dir)
+            results = detector.score([s.image_path for s in samples], class_name=class_name)
+        questions = _questions(class_name)
+        for k, sample in enumerate(samples):
+            image = load_image(sample.image_path)
+            mask = (load_mask(sample.mask_path, image.size, sample.image_path) > 0 if sample.label
+                    else np.zeros((image.size[1], image.size[0]), dtype=bool))
+            truth = evidence_from_mask(mask, fold_defect_type(sample.defect_type), class_name, min_area_fraction=0.0005)
+            shown: Image.Image | None = None
+            if detector is None:
+                evidence: Evidence = truth
+            else:
+                evidence = evidence_from_result(results[k], class_name)
+                shown = overlay(image, results[k].anomaly_map)
+            answers = {intent: responder.answer(q, evidence, image=image, overlay=shown)
+                       for intent, q in questions.items()}
+            record = {"image": str(sample.image_path), "category": category, "truth": truth.to_dict(),
+                      "truth_cells": sorted(covered_cells(mask)), "detector": evidence.to_dict(), "answers": answers}
+            if args.hint_flip:
+                scored = evidence if evidence.score is not None else \
+                    replace(evidence, score=0.9 if evidence.anomalous else 0.1, threshold=0.5)
+                flipped = corrupt(scored, rng)
+                if flipped.anomalous != evidence.anomalous:
+                    record["flipped_answer"] = responder.answer(questions["anomaly"], flipped, image=image,
+                                                                overlay=shown)
+                    record["flipped_anomalous"] = flipped.anomalous
+            records.append(record)
+    metrics = evaluate_dialogue(records, vocab)
+    settings = {"data": args.data, "responder": responder.name, "detector": args.detector,
+                "backbone": args.backbone if args.detector != "ground-truth" else "-"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dialogue_metrics.json").write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2) + "\n")
+    (out / "dialogue_metrics.md").write_text(markdown(metrics, settings))
+    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="dataset root (MVTec/VisA/meta.json/folder)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--categories", nargs="*", default=None)
+    p.add_argument("--limit", type=int, default=None, help="at most this many test images per category")
+    p.add_argument("--detector", default="clip", help="zsad method giving the evidence, or ground-truth")
+    p.add_argument("--backbone", default="ViT-L-14-336:openai")
+    p.add_argument("--image-size", type=int, default=518)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--lvlm", default=None, help="LVLM id/folder/tiny-random (default: grounded rules)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder for --lvlm")
+    p.add_argument("--hint-flip", action="store_true", help="also ask with a flipped hint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from zsad.errors import ZsadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = run(args)
+    except ZsadError as exc:
+        print(f"eval_dialogue: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Instruction dialogues synthesised from (image, mask, defect type), written as JSONL (lvlm.md §4.5).
+
+Each row holds the image and mask paths, class, canonical defect type, the hint given to the model and chat
+``messages``: the user turn is an image entry + hint + question, the assistant turn the answer the ground truth
+implies. About half the rows are normal images; about 15 % of hints are dropped or corrupted (a flipped verdict
+or a wrong cell) while the answer stays true, so the model must look at the image (TGAD, arXiv 2606.01992).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from zsad.dialogue.evidence import Evidence, confidence_word, evidence_from_mask
+from zsad.errors import DatasetError, UsageError
+from zsad.fileio import atomic_write_text
+from zsad.types import GRID_CELLS
+
+INTENTS: tuple[str, ...] = ("anomaly", "type", "where", "count")
+_ANSWER_KEYS = ("anomaly_no", "anomaly_yes", "anomaly_yes_many", "type_known", "type_unknown", "type_none",
+                "where_none", "where", "count_none", "count")
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
+
+
+@dataclass(frozen=True)
+class DialogueTables:
+    """Question paraphrases per intent and answer wordings, from ``prompts/dialogue.yaml``."""
+
+    questions: dict[str, tuple[str, ...]]
+    answers: dict[str, str]
+
+    def all_phrases(self) -> list[str]:
+        return [q for qs in self.questions.values() for q in qs] + list(self.answers.values())
+
+
+def load_dialogue_tables(path: str | Path | None = None) -> DialogueTables:
+    """Read and check the paraphrase tables (every intent needs 10+ questions)."""
+    from zsad.prompts import prompts_dir
+
+    path = Path(path) if path is not None else prompts_dir() / "dialogue.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read dialogue tables ({exc})") from None
+    questions = (data or {}).get("questions") or {}
+    answers = (data or {}).get("answers") or {}
+    for intent in INTENTS:
+        found = questions.get(intent)
+        if not isinstance(found, list) or len(found) < 10 or not all(isinstance(q, str) for q in found):
+            raise UsageError(f"{path}: questions.{intent} must be a list of at least 10 strings")
+    for key in _ANSWER_KEYS:
+        if not isinstance(answers.get(key), str):
+            raise UsageError(f"{path}: answers.{key} must be a string")
+    return DialogueTables({k: tuple(questions[k]) for k in INTENTS}, {k: answers[k] for k in _ANSWER_KEYS})
+
+
+def fold_defect_type(name: str | None, vocab: dict[str, Sequence[str]] | None = None) -> str | None:
+    """Canonical defect type of a dataset's folder name (``broken_large`` -> ``broken``, ``scuff`` -> ``scratch``):
+    a canonical name or synonym contained in the name wins; otherwise the name with ``_`` as spaces."""
+    if not name or name.lower() in ("good", "normal", "ok"):
+        return None
+    if vocab is None:
+        from zsad.prompts import load_prompt_bank
+
+        vocab = dict(load_prompt_bank().defects)
+    text = name.lower().replace("_", " ").replace("-", " ").strip()
+    words = text.split()
+    for canonical in vocab:
+        if canonical == text or canonical in words:
+            return canonical
+    for canonical, synonyms in vocab.items():
+        if any(s.lower() == text or s.lower() in words for s in synonyms):
+            return canonical
+    return text
+
+
+def positions(evidence: Evidence) -> str:
+    """The cells of the regions in grid order, joined ("top left and center")."""
+    cells = [c for c in GRID_CELLS if c in evidence.cells()]
+    return " and ".join(cells) if cells else "center"
+
+
+def answer_for(intent: str, evidence: Evidence, tables: DialogueTables) -> str:
+    """The true answer to one intent, from ground-truth evidence."""
+    a = tables.answers
+    count = len(evidence.regions)
+    if intent == "anomaly":
+        if not evidence.anomalous:
+            return a["anomaly_no"]
+        key = "anomaly_yes" if count <= 1 else "anomaly_yes_many"
+        return a[key].format(pos=positions(evidence), count=count)
+    if intent == "type":
+        if not evidence.anomalous:
+            return a["type_none"]
+        return a["type_known"].format(type=evidence.defect_type) if evidence.defect_type else a["type_unknown"]
+    if intent == "where":
+        return a["where"].format(pos=positions(evidence)) if evidence.anomalous else a["where_none"]
+    if intent == "count":
+        if not evidence.anomalous:
+            return a["count_none"]
+        word = _NUMBERS[count] if count < len(_NUMBERS) else str(count)
+        return a["count"].format(verb="is" if count == 1 else "are", count=word,
+                                 noun="defect" if count == 1 else "defects")
+    raise UsageError(f"unknown intent {intent!r}; choose one of: {', '.join(INTENTS)}")
+
+
+def hint_evidence(truth: Evidence, rng: random.Random) -> Evidence:
+    """Ground truth dressed as a detector output: a plausible score either side of a 0.5 threshold."""
+    threshold = 0.5
+    score = rng.uniform(0.55, 0.97) if truth.anomalous else rng.uniform(0.05, 0.45)
+    return replace(truth, score=score, threshold=threshold,
+                   confidence=confidence_word(score, threshold, truth.anomalous))
+
+
+def corrupt(evidence: Evidence, rng: random.Random) -> Evidence:
+    """A wrong hint: the verdict flipped, or (for a defect) its region moved to another cell."""
+    if evidence.anomalous and evidence.regions and rng.random() < 0.5:
+        region = evidence.regions[0]
+        cell = rng.choice([c for c in GRID_CELLS if c != region.cell])
+        return replace(evidence, regions=(replace(region, cell=cell), *evidence.regions[1:]))
+    if evidence.anomalous:
+        score = rng.uniform(0.05, 0.45)
+        return replace(evidence, anomalous=False, score=score, regions=(), defect_type=None,
+                       confidence=confidence_word(score, evidence.threshold, False))
+    from zsad.dialogue.evidence import RegionEvidence
+
+    score = rng.uniform(0.55, 0.97)
+    cell = rng.choice(GRID_CELLS)
+    fake = RegionEvidence(cell=cell, size="small", area_fraction=0.01, bbox=(0, 0, 1, 1))
+    return replace(evidence, anomalous=True, score=score, regions=(fake,),
+                   confidence=confidence_word(score, evidence.threshold, True))
+
+
+def user_text(hint: str | None, question: str) -> str:
+    """The text part of the user turn; the LVLM responder builds its prompts with the same function."""
+    return f"Detector evidence: {hint}\n{question}" if hint else question
+
+
+def dialogue_row(image: str, mask: str | None, truth: Evidence, tables: DialogueTables, rng: random.Random, *,
+                 hint_noise: float = 0.15, follow_ups: int = 1) -> dict[str, Any]:
+    """One training row: an anomaly question first, then ``follow_ups`` other intents, all about one image."""
+    evidence = hint_evidence(truth, rng)
+    hint_state = "true"
+    if rng.random() < hint_noise:
+        if rng.random() < 0.5:
+            hint_state = "dropped"
+        else:
+            hint_state, evidence = "corrupted", corrupt(evidence, rng)
+    hint = None if hint_state == "dropped" else evidence.to_text()
+    intents = ["anomaly", *rng.sample(INTENTS[1:], k=min(follow_ups, len(INTENTS) - 1))]
+    messages: list[dict[str, Any]] = []
+    for i, intent in enumerate(intents):
+        question = rng.choice(tables.questions[intent]).format(object=truth.class_name)
+        if i == 0:
+            content = [{"type": "image"}, {"type": "text", "text": user_text(hint, question)}]
+        else:
+            content = [{"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant",
+                         "content": [{"type": "text", "text": answer_for(intent, truth, tables)}]})
+    return {"image": image, "mask": mask, "class": truth.class_name, "type": truth.defect_type,
+            "anomalous": truth.anomalous, "cells": sorted(truth.cells()), "hint": hint, "hint_state": hint_state,
+            "intents": intents, "messages": messages}
+
+
+def _mask_of(sample: Any) -> np.ndarray:
+    from zsad.data.datasets import load_mask
+
+    with Image.open(sample.image_path) as im:
+        size = im.size
+    if sample.label == 0:
+        return np.zeros((size[1], size[0]), dtype=bool)
+    if sample.mask_path is None:
+        raise DatasetError(f"{sample.image_path}: anomalous image without a mask; dialogues need masks")
+    return load_mask(sample.mask_path, size, sample.image_path) > 0
+
+
+def synthesise(root: str | Path, *, categories: Sequence[str] | None = None, normal_fraction: float = 0.5,
+               hint_noise: float = 0.15, follow_ups: int = 1, seed: int = 0,
+               tables: DialogueTables | None = None) -> list[dict[str, Any]]:
+    """Dialogue rows from every anomalous image (with a mask) of a dataset's test split plus enough normal
+    images (test, then train) for ``normal_fraction`` of the rows."""
+    from zsad.data.datasets import open_dataset
+
+    if not 0.0 <= normal_fraction < 1.0 or not 0.0 <= hint_noise <= 1.0:
+        raise UsageError("normal_fraction must be in [0, 1) and hint_noise in [0, 1]")
+    tables = tables or load_dialogue_tables()
+    rng = random.Random(seed)
+    dataset = open_dataset(root, categories=categories) if categories else open_dataset(root)
+    rows: list[dict[str, Any]] = []
+    for category in dataset.categories:
+        test = dataset.samples(category, "test")
+        anomalous = [s for s in test if s.label == 1 and s.mask_path is not None]
+        normal = [s for s in test if s.label == 0]
+        try:
+            normal += dataset.samples(category, "train")
+        except Exception:  # noqa: BLE001 - some layouts have no train split
+            pass
+        wanted = round(len(anomalous) * normal_fraction / (1.0 - normal_fraction)) if anomalous else len(normal)
+        chosen = anomalous + rng.sample(normal, k=min(wanted, len(normal)))
+        class_name = category.replace("_", " ")
+        for sample in chosen:
+            truth = evidence_from_mask(_mask_of(sample), defect_type=fold_defect_type(sample.defect_type),
+                                       class_name=class_name, min_area_fraction=0.0005)
+            rows.append(dialogue_row(str(sample.image_path), None if sample.mask_path is None else str(sample.mask_path),
+                                     truth, tables, rng, hint_noise=hint_noise, follow_ups=follow_ups))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{number}: not valid JSON ({exc})") from None
+    return rows
