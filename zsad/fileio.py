@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -20,3 +22,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def read_json(path: Path, error: type[Exception], what: str = "JSON") -> Any:
+    """Parse a JSON file; an unreadable or malformed file raises ``error`` naming the file (never a traceback)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: cannot read {what} ({exc})") from None

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from zsad.errors import UsageError
+from zsad.fileio import read_json
 
 
 def add_prompt_parsers(sub: argparse._SubParsersAction) -> None:
@@ -144,10 +145,7 @@ def cmd_add_metrics(args: argparse.Namespace) -> int:
 
     folder = load(args.folder)
     path = Path(args.metrics)
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read evaluation metrics ({exc})") from None
+    result = read_json(path, UsageError, "evaluation metrics")
     if not isinstance(result, dict) or "mean" not in result:
         raise UsageError(f"{path}: not a metrics.json of zsad evaluate (no 'mean' field)")
     config = dict(folder.config)

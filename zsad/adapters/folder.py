@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from zsad.errors import AdapterError
-from zsad.fileio import atomic_write_text
+from zsad.fileio import atomic_write_text, read_json
 
 CONFIG_NAME = "adapter.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -60,10 +60,7 @@ def read_adapter_config(folder: str | Path, kind: str | None = None) -> dict[str
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise AdapterError(f"'{folder}' is not an adapter folder: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{config_path}: not valid JSON ({exc})") from None
+    config = read_json(config_path, AdapterError, "the adapter's JSON")
     if not isinstance(config, dict) or "kind" not in config:
         raise AdapterError(f"{config_path}: no 'kind' field")
     if kind is not None and config["kind"] != kind:
