@@ -16,6 +16,7 @@ Evidence comes from the CLIP detector (``--detector clip``, default) or from the
 * type: top-1 accuracy and macro-F1 on true-positive anomalies with a known type;
 * location: the true set is every grid cell covered >= 5 % by the mask; exact cell-set match, Jaccard and a
   one-neighbour hit on true positives; count accuracy;
+* with an LVLM, the AUROC of the first answer token's P(yes) / (P(yes) + P(no)) (``auroc_first_token``);
 * faithfulness: agreement of the stated verdict with the detector's, defects invented on images the detector
   calls normal, and (``--hint-flip``) the share of answers that follow a flipped hint.
 
@@ -66,6 +67,11 @@ def evaluate_dialogue(records: list[dict[str, Any]], vocab: dict[str, Any]) -> d
                                                                               "unparsed")}
     out: dict[str, Any] = {"n_images": len(records), "yes_no": {"n_classes": len(categories), **macro},
                            "yes_no_pooled": binary_metrics(yes_pred, truth)}
+    p_yes = [r.get("p_yes") for r in records]
+    if all(p is not None for p in p_yes) and len(set(truth)) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        out["yes_no_pooled"]["auroc_first_token"] = float(roc_auc_score(truth, p_yes))
     tp = [i for i, r in enumerate(records) if truth[i] and detector[i]]
     typed = [i for i in tp if records[i]["truth"]["defect_type"]]
     if typed:
@@ -156,6 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        for intent, q in questions.items()}
             record = {"image": str(sample.image_path), "category": category, "truth": truth.to_dict(),
                       "truth_cells": sorted(covered_cells(mask)), "detector": evidence.to_dict(), "answers": answers}
+            if hasattr(responder, "yes_probability"):
+                record["p_yes"] = responder.yes_probability(questions["anomaly"], evidence, image=image,
+                                                            overlay=shown)
             if args.hint_flip:
                 scored = evidence if evidence.score is not None else \
                     replace(evidence, score=0.9 if evidence.anomalous else 0.1, threshold=0.5)

@@ -105,6 +105,14 @@ def test_eval_runner_with_ground_truth_and_grounded(tmp_path):
     assert metrics["faithfulness"]["agreement_with_detector"] == 1.0
     assert (tmp_path / "out" / "dialogue_metrics.md").is_file()
 
+    # With an LVLM (tiny, random) the runner also reports the first-token P(yes) AUROC, a number in [0, 1].
+    code = eval_dialogue.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "lvlm"),
+                               "--detector", "ground-truth", "--lvlm", "tiny-random", "--device", "cpu"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "lvlm" / "dialogue_metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["yes_no_pooled"]["auroc_first_token"] <= 1.0
+    assert metrics["yes_no_pooled"]["n"] == 5
+
 
 def test_covered_cells_are_the_cells_at_least_5_percent_covered():
     import numpy as np

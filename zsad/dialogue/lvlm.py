@@ -26,6 +26,9 @@ DEFAULT_LVLM = "HuggingFaceTB/SmolVLM-256M-Instruct"
 OPTIONAL_LVLMS = ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "Qwen/Qwen2-VL-2B-Instruct")
 #: Qwen2-VL: at most this many pixels per image (~512 visual tokens of 28x28).
 QWEN_MAX_PIXELS = 512 * 28 * 28
+#: spellings of the first answer token counted as "yes" / "no" for the first-token probability
+YES_SPELLINGS = ("Yes", " Yes", "yes", " yes", "YES")
+NO_SPELLINGS = ("No", " No", "no", " no", "NO")
 
 
 def resolve_lvlm_dir(model: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
@@ -180,15 +183,46 @@ class LvlmResponder:
             out[key] = value
         return out
 
+    def _views(self, image: Image.Image | None, overlay: Image.Image | None, evidence: Evidence) -> list[Image.Image]:
+        """The image, then (if this responder uses it) the overlay or a crop of the largest region."""
+        images = [] if image is None else [image.convert("RGB")]
+        second = overlay if overlay is not None else (region_crop(image, evidence) if image is not None else None)
+        if second is not None and self.second_view:
+            images.append(second.convert("RGB"))
+        return images
+
+    def _single_token_ids(self, words: Sequence[str]) -> list[int]:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        ids = set()
+        for word in words:
+            encoded = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1 and encoded[0] != tokenizer.unk_token_id:
+                ids.add(int(encoded[0]))
+        return sorted(ids)
+
+    def yes_probability(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
+                        overlay: Image.Image | None = None) -> float | None:
+        """``P(yes) / (P(yes) + P(no))`` of the answer's first token (lvlm.md §4.6: an AUROC-able score for a
+        yes/no question), summing the single-token spellings ("Yes", " Yes", "yes" ...); None when the tokenizer
+        has no single-token yes or no."""
+        import torch
+
+        yes, no = (self._single_token_ids(v) for v in (YES_SPELLINGS, NO_SPELLINGS))
+        if not yes or not no:
+            return None
+        images = self._views(image, overlay, evidence)
+        inputs = self._inputs(build_messages(question, evidence, len(images)), images)
+        with torch.inference_mode():
+            probs = self.model(**inputs).logits[0, -1].float().softmax(-1)
+        p_yes, p_no = float(probs[yes].sum()), float(probs[no].sum())
+        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
+
     def answer(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
                overlay: Image.Image | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
         """One greedy answer to ``question`` about ``image`` given the detector's ``evidence``."""
         import torch
 
-        images = [] if image is None else [image.convert("RGB")]
-        second = overlay if overlay is not None else (region_crop(image, evidence) if image is not None else None)
-        if second is not None and self.second_view:
-            images.append(second.convert("RGB"))
+        images = self._views(image, overlay, evidence)
         inputs = self._inputs(build_messages(question, evidence, len(images), history), images)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         with torch.inference_mode():
