@@ -436,10 +436,7 @@ class DemoApp:
         item = session.items[index]
         conversation = session.chats.get(index)
         if conversation is None:
-            try:
-                from zsad.dialogue import Conversation
-            except ImportError:
-                raise UsageError("the chat needs zsad's dialogue module, which this installation lacks") from None
+            from zsad.dialogue import Conversation
 
             result = apply_thresholds(item.result, session.threshold)
             image = load_image(item.source, max_pixels=self.config.max_pixels)

@@ -191,7 +191,6 @@ def test_select_and_ask_need_a_scored_image(app):
 
 
 def test_ask_answers_about_the_selected_image(app, defect_png):
-    pytest.importorskip("zsad.dialogue")
     from zsad.types import GRID_CELLS
 
     session = app.analyse([str(defect_png)], ["weave_good_0.png"], "fabric", "clip", None, 0.0)
@@ -236,3 +235,19 @@ def test_busy_port_is_a_usage_error(app):
         sock.listen()
         with pytest.raises(UsageError, match="cannot serve on 127.0.0.1"):
             app.launch("127.0.0.1", sock.getsockname()[1], block=False, quiet=True)
+
+
+def test_chat_through_a_configured_lvlm(demo, defect_png):
+    """``zsad demo --lvlm tiny-random``: the chat answers through the LVLM (noise with random weights)."""
+    app = demo.DemoApp(demo.DemoConfig(backbone="tiny-random", image_size=112, device="cpu", precision="fp32",
+                                       lvlm="tiny-random"))
+    try:
+        app.warm_up()
+        session = app.analyse([str(defect_png)], [], "fabric", "clip", None, 0.0)
+        app.render(session, 0.0)
+        app.select(session, 0)
+        messages = app.ask(session, "where is the defect?")
+        assert messages[-1]["role"] == "assistant" and messages[-1]["content"].strip()
+        assert app._responder is not None and app._responder.name == "lvlm:tiny-random"
+    finally:
+        app.close()
