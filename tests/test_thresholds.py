@@ -89,3 +89,24 @@ def test_threshold_from_an_empty_folder_is_a_usage_error(carpet, tmp_path, capsy
                  "--threshold-from", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "-q"])
     assert code == 2
     assert "zsad: error:" in capsys.readouterr().err
+
+
+def test_good_images_among_the_inputs_are_not_scored_twice_under_musc(carpet, tmp_path, capsys):
+    """An image next to its own copy would score ~0 under mutual scoring: shared good images join once."""
+    good = carpet / "train" / "good"
+    out = tmp_path / "o"
+    code = main(["score", str(good), str(carpet / "test"), "--method", "musc", "--backbone", "tiny-random",
+                 "--image-size", "56", "--threshold-from", str(good), "--good-quantile", "1", "--out", str(out),
+                 "-q", "--no-maps"])
+    assert code == 0
+    assert "thresholds from 5 good images (quantile 1)" in capsys.readouterr().err
+    rows = _rows(out)
+    assert len(rows) == 9  # 5 good + 4 test, each once
+    good_rows = [r for r in rows if "/train/good/" in r["path"]]
+    assert len(good_rows) == 5 and all(r["label"] == 0 for r in good_rows)
+    # every good image is an input, so nothing joins: the batch, hence every score, is that of a plain run
+    plain = tmp_path / "plain"
+    assert main(["score", str(good), str(carpet / "test"), "--method", "musc", "--backbone", "tiny-random",
+                 "--image-size", "56", "--out", str(plain), "-q", "--no-maps"]) == 0
+    expected = {r["path"]: r["score"] for r in _rows(plain)}
+    assert {r["path"]: r["score"] for r in rows} == pytest.approx(expected, abs=1e-6)

@@ -161,11 +161,17 @@ def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_p
     """Transductive scoring of one group: features chunk by chunk (images are not kept), then joint scoring;
     images are read again only to draw their overlays. Rows already written (resume) are not written again.
 
-    ``good`` (a :class:`_GoodImages`) joins every group first, so its batch-relative scores set the thresholds."""
+    ``good`` (a :class:`_GoodImages`) joins every group first, so its batch-relative scores set the thresholds.
+    A good image that is also one of the group's inputs is not added twice (an image next to its own copy scores
+    about 0 under mutual scoring): its own row's result counts as a good score."""
+    import itertools
+
     from zsad.data.images import load_image
     from zsad.errors import BatchTooSmallError, ImageError
     from zsad.thresholds import thresholds_from_good
 
+    shared = good.shared_with(items) if good else set()
+    items = sorted(items, key=lambda item: _path_key(item.path) not in shared)  # shared ones first, order kept
     kept, sizes, chunks = [], [], []
     for chunk in _batches(items, batch_size):
         loaded = run.load(chunk, max_pixels)
@@ -175,14 +181,17 @@ def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_p
             sizes += [img.size for _, img in loaded]
     if not kept:
         return
-    good_chunks, good_sizes, good_paths = (good.chunks, good.sizes, good.paths) if good else ([], [], [])
+    good_chunks, good_sizes, good_paths = good.joining(detector, shared) if good else ([], [], [])
     try:
         results = iter(detector.joint_results(good_chunks + chunks, good_sizes + sizes,
                                               good_paths + [str(i.path) for i in kept]))
         thresholds = None
         if good:
-            thresholds = thresholds_from_good([next(results) for _ in good_paths], good.quantile)
+            extra = [next(results) for _ in good_paths]
+            own = [next(results) for item in kept if _path_key(item.path) in shared]
+            thresholds = thresholds_from_good(extra + own, good.quantile)
             _report_thresholds(thresholds, f"group '{name}'" if several else "")
+            results = itertools.chain(own, results)
     except BatchTooSmallError as exc:
         if not several:
             raise
@@ -210,6 +219,7 @@ class _GoodImages:
         if not 0.0 <= quantile <= 1.0:
             raise UsageError(f"--good-quantile must be in [0, 1], got {quantile}")
         self.quantile = quantile
+        self.batch_size = batch_size
         images, self.paths = [], []
         for item in discover_images([source]):
             try:
@@ -220,15 +230,38 @@ class _GoodImages:
         if not images:
             raise UsageError(f"--threshold-from {source}: no readable good images")
         self.sizes = [img.size for img in images]
+        self.keys = [_path_key(p) for p in self.paths]
         self.chunks = []
+        self.images = []
         self.thresholds = None
         if detector.method.transductive:
+            self.images = images  # kept (a few good images) to re-extract a subset for groups that share some
             self.chunks = [detector.extract_chunk(c) for c in _batches(images, batch_size)]
         else:
             from zsad.thresholds import thresholds_from_good
 
             self.thresholds = thresholds_from_good(detector.score_images(images, self.paths), quantile)
             _report_thresholds(self.thresholds, "")
+
+
+    def shared_with(self, items) -> set[str]:
+        """Keys of the good images that are also among ``items`` (the same file, however it was named)."""
+        return set(self.keys) & {_path_key(item.path) for item in items}
+
+    def joining(self, detector, shared: set[str]) -> tuple[list, list, list]:
+        """(feature chunks, sizes, paths) of the good images to add to a group: all but those it already holds."""
+        if not shared:
+            return self.chunks, self.sizes, self.paths
+        keep = [i for i, key in enumerate(self.keys) if key not in shared]
+        images = [self.images[i] for i in keep]
+        return ([detector.extract_chunk(c) for c in _batches(images, self.batch_size)],
+                [self.sizes[i] for i in keep], [self.paths[i] for i in keep])
+
+
+def _path_key(path) -> str:
+    import os
+
+    return os.path.realpath(str(path))
 
 
 def _report_thresholds(thresholds, where: str) -> None:
