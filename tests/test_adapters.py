@@ -193,6 +193,12 @@ def test_load_errors_say_what_is_wrong(tmp_path, tiny_adapter, backbone):
     with pytest.raises(AdapterError, match="768 wide"):
         load(tmp_path / "wide", backbone)
 
+    for name, change in (("no_taps", {"taps": []}), ("neg_tap", {"taps": [-1]}), ("neg_dpam", {"dpam_layers": -3}),
+                         ("deep_tap", {"taps": [99]})):
+        save_adapter(tmp_path / name, folder.kind, {**folder.config, **change}, folder.tensors)
+        with pytest.raises(AdapterError, match=f"{name}.*(tapped block|do not fit)"):
+            load(tmp_path / name, backbone)
+
     (tiny_adapter / "weights.safetensors").unlink()
     with pytest.raises(AdapterError, match="weights.safetensors is missing"):
         load(tiny_adapter)

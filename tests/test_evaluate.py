@@ -123,6 +123,10 @@ def test_threshold_from_good_is_within_good_scores(dataset):
         threshold_from_good(detector, good, quantile=1.5)
     with pytest.raises(UsageError):
         threshold_from_good(detector, [])
+    musc = zsad.create("musc", backbone="tiny-random", image_size=56, device="cpu", precision="fp32",
+                       warn_random=False)
+    with pytest.raises(UsageError, match="relative to its batch"):
+        threshold_from_good(musc, good)
 
 
 def test_parser_builds_the_config(dataset, tmp_path, capsys):
@@ -136,3 +140,16 @@ def test_parser_builds_the_config(dataset, tmp_path, capsys):
     assert "| weave |" in table and "**mean**" in table
     summary = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert np.isfinite(list(summary["mean"].values())).all()
+
+
+def test_signature_follows_the_adapter_weights_not_just_its_path(tmp_path):
+    import torch
+
+    from zsad.adapters import save_adapter
+
+    folder = tmp_path / "adapter"
+    save_adapter(folder, "anomalyclip-prompts", {}, {"w": torch.zeros(3)})
+    config = _config(tmp_path, tmp_path / "out", method="anomalyclip", method_options={"adapter": str(folder)})
+    before = config.signature()
+    save_adapter(folder, "anomalyclip-prompts", {}, {"w": torch.ones(3)})  # retrained into the same folder
+    assert config.signature() != before and config.signature()["method_options"] == before["method_options"]

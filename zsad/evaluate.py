@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -69,8 +70,14 @@ class EvaluateConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def signature(self) -> dict[str, Any]:
-        """The settings that make two runs' numbers comparable."""
-        return {name: getattr(self, name) for name in _SIGNATURE_FIELDS}
+        """The settings that make two runs' numbers comparable; an adapter counts by its weights' SHA-256, so a
+        retrained adapter in the same folder is not mistaken for the old one on ``--resume``."""
+        found = {name: getattr(self, name) for name in _SIGNATURE_FIELDS}
+        adapter = self.method_options.get("adapter")
+        if adapter:
+            weights = Path(adapter) / "weights.safetensors"
+            found["adapter_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+        return found
 
 
 @dataclass(frozen=True)

@@ -80,4 +80,7 @@ def threshold_from_good(detector: Detector, good_images: Sequence[str | Path | I
     """
     if not good_images:
         raise UsageError("a threshold from good images needs at least one known-good image")
+    if detector.method.transductive:
+        raise UsageError(f"method '{detector.name}' scores relative to its batch, so good images scored alone give "
+                         f"no usable threshold; use `zsad score --threshold-from GOOD`, which scores them with the batch")
     return thresholds_from_good(detector.score(list(good_images)), quantile).image

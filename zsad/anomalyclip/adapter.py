@@ -92,6 +92,9 @@ def check_folder(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
     where = str(folder.path or "adapter")
     settings = PromptSettings.from_config(folder.config, where)
     PromptLearner.from_tensors(settings.shape, folder.tensors, where)
+    if not settings.taps or min(settings.taps) < 0 or settings.dpam_layers < 0:
+        raise AdapterError(f"{where}: adapter.json needs at least one tapped block, all 0-based (>= 0), and a "
+                           f"DPAM depth >= 0; got taps {list(settings.taps)}, dpam_layers {settings.dpam_layers}")
     if backbone is None:
         return
     width = int(folder.tensors["ctx_normal"].shape[-1])
@@ -103,7 +106,7 @@ def check_folder(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
     except AdapterError as exc:
         raise AdapterError(f"{where}: {exc}") from None
     depth = backbone.num_layers
-    if max(settings.taps) >= depth or settings.dpam_layers > depth:
+    if not settings.taps or min(settings.taps) < 0 or max(settings.taps) >= depth or not 0 <= settings.dpam_layers <= depth:
         raise AdapterError(f"{where}: taps {list(settings.taps)} / DPAM over {settings.dpam_layers} blocks do not fit "
                            f"the {depth}-block vision tower of '{backbone.spec.name}'")
 
