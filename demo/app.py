@@ -93,6 +93,7 @@ class Session:
     chats: dict[int, Any] = field(default_factory=dict)  # image index -> zsad.dialogue.Conversation
     messages: dict[int, list[dict[str, str]]] = field(default_factory=dict)
     render_count: int = 0
+    dropped: bool = False  # its folder was removed (a newer scoring run replaced it)
 
     def scored(self) -> list[Item]:
         return [item for item in self.items if item.result is not None]
@@ -175,6 +176,7 @@ class DemoApp:
         self._detectors: OrderedDict[tuple[str, str, str | None], Any] = OrderedDict()
         self._responder = None
         self._responder_lock = threading.Lock()
+        self._files_lock = threading.Lock()  # a session's folder is never removed while a render writes into it
         self.root = Path(tempfile.mkdtemp(prefix="zsad-demo-"))
         self.adapters = self._find_adapters(config.adapters)
         self.samples = {p.name: p for p in sorted((HERE / "samples").glob("*.png"))}
@@ -249,7 +251,12 @@ class DemoApp:
 
     def warm_up(self) -> None:
         """Load the default detector (and the LVLM) at start-up, so a missing weight file fails ``zsad demo``
-        at once and the first visitor does not wait."""
+        at once and the first visitor does not wait. Adapters given at start-up are checked here too (kind,
+        backbone, tensors), so the page never offers one that fails when a visitor picks it."""
+        from zsad.adapters import load as load_adapter
+
+        for folder in self.config.adapters:
+            load_adapter(folder, self.config.backbone, kind="anomalyclip-prompts")
         self.detector("auto", self.config.class_name or None)
         if self.config.lvlm:
             try:
@@ -349,6 +356,12 @@ class DemoApp:
     # -- showing -----------------------------------------------------------------------------------------------
     def render(self, session: Session, threshold: float, progress: Callable[..., Any] = _no_progress) -> View:
         """Overlays, table and CSV of ``session`` decided at ``threshold`` (from the kept maps: no re-scoring)."""
+        with self._files_lock:
+            if session.dropped:
+                raise UsageError("these results were replaced by a newer scoring run; move the slider again")
+            return self._render(session, threshold, progress)
+
+    def _render(self, session: Session, threshold: float, progress: Callable[..., Any]) -> View:
         from zsad.data.images import load_image
         from zsad.thresholds import apply_thresholds
         from zsad.visualize import overlay
@@ -532,7 +545,9 @@ class DemoApp:
 
     def _drop_session(self, session: Session | None) -> None:
         if isinstance(session, Session):
-            shutil.rmtree(session.folder, ignore_errors=True)
+            with self._files_lock:
+                session.dropped = True
+                shutil.rmtree(session.folder, ignore_errors=True)
 
     def launch(self, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, quiet: bool = False):
         """Serve the page; with ``block=False`` return at once (tests), then call :meth:`close`."""

@@ -251,3 +251,25 @@ def test_chat_through_a_configured_lvlm(demo, defect_png):
         assert app._responder is not None and app._responder.name == "lvlm:tiny-random"
     finally:
         app.close()
+
+
+def test_start_up_adapters_are_checked_at_warm_up(demo, tmp_path):
+    from zsad.adapters import save_adapter
+
+    lora = save_adapter(tmp_path / "lora", "lvlm-lora", {"backbone": "tiny-random"}, {})
+    app = demo.DemoApp(demo.DemoConfig(backbone="tiny-random", image_size=112, device="cpu", precision="fp32",
+                                       adapters=(str(lora),)))
+    try:
+        with pytest.raises(AdapterError, match="kind is 'lvlm-lora', expected 'anomalyclip-prompts'"):
+            app.warm_up()
+    finally:
+        app.close()
+
+
+def test_a_replaced_session_is_not_rendered(app, defect_png):
+    session = app.analyse([str(defect_png)], [], "fabric", "clip", None, 0.5)
+    app.render(session, 0.5)
+    app._drop_session(session)  # what a newer scoring run does to the visitor's previous session
+    assert not session.folder.exists()
+    with pytest.raises(UsageError, match="replaced by a newer scoring run"):
+        app.render(session, 0.4)
