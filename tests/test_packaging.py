@@ -14,16 +14,23 @@ def test_wheel_ships_prompt_banks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     wheel = next(tmp_path.glob("zsad-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for bank in ("states.yaml", "templates.yaml", "defects.yaml"):
+    for bank in ("states.yaml", "templates.yaml", "defects.yaml", "dialogue.yaml"):
         assert f"zsad/_data/prompts/{bank}" in names
+    # the demo app and samples (zsad demo runs from a wheel) and the adapter recipes ship too
+    assert "zsad/_data/demo/app.py" in names and any(n.startswith("zsad/_data/demo/samples/") for n in names)
+    assert "zsad/_data/adapters/README.md" in names
+    assert any(n.startswith("zsad/_data/adapters/recipes/") for n in names)
     # installed from the wheel (unpacked elsewhere), the package finds its own copy, not the repository's
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    probe = "import zsad.prompts as p; print(p.prompts_dir())"
+    probe = ("import zsad.prompts as p, zsad.resources as r; print(p.prompts_dir()); "
+             "print(r.data_dir('demo', 'app.py'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(target), "PATH": ""}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert Path(out.stdout.strip()) == target / "zsad" / "_data" / "prompts"
+    prompts, demo = out.stdout.split()
+    assert Path(prompts) == target / "zsad" / "_data" / "prompts"
+    assert Path(demo) == target / "zsad" / "_data" / "demo"
 
 
 def test_import_is_light():
