@@ -277,8 +277,8 @@ def _method_options(args: argparse.Namespace) -> dict:
         options["prompts"] = args.prompts
     if getattr(args, "adapter", None):
         options["adapter"] = args.adapter
-    if args.method in ("musc", "auto") and not args.quiet:
-        options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches
+    if args.method in ("musc", "auto") and not args.quiet and sys.stderr.isatty():
+        options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches (not in logs)
     return options
 
 
