@@ -55,6 +55,8 @@ class GroundedResponder:
             return CAN_ONLY_TELL
         if Intent.DESCRIBE in intents:
             return self.describe(evidence)
+        if not evidence.anomalous and len(intents) > 1:
+            return self.presence(evidence)  # "where and how big?" on a normal image: one plain no, not three
         return " ".join(self._sentence(intent, evidence) for intent in intents)
 
     # -- one intent each ---------------------------------------------------------------------------
