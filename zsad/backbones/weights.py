@@ -42,14 +42,19 @@ def _cached_hf_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | N
     return None
 
 
-def _missing(what: str, looked: list[str], fetch_hint: str, offline: bool, cause: Exception | None = None) -> None:
+#: What to say after "On a connected machine run ...", for a CLIP backbone.
+BACKBONE_ADVICE = ("pass a local file as --backbone ARCH:/path/to/weights. "
+                   "For a smoke run without weights use --backbone tiny-random.")
+
+
+def _missing(what: str, looked: list[str], fetch_hint: str, offline: bool, cause: Exception | None = None,
+             advice: str = BACKBONE_ADVICE) -> None:
     mode = "HF_HUB_OFFLINE=1 is set, so nothing was downloaded" if offline else "the download failed"
     detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
     raise WeightsNotFoundError(
         f"weights for {what} are not on this machine and {mode}{detail}. Looked in: {'; '.join(looked)}. "
         f"On a connected machine run: {fetch_hint} — then copy the Hugging Face cache folder to this machine "
-        f"(or set HF_HOME/HF_HUB_CACHE to it), or pass a local file as --backbone ARCH:/path/to/weights. "
-        f"For a smoke run without weights use --backbone tiny-random."
+        f"(or set HF_HOME/HF_HUB_CACHE to it), or {advice}"
     ) from cause
 
 
@@ -89,27 +94,36 @@ def resolve_tag_checkpoint(arch: str, tag: str, *, cache_dir: str | None = None,
     raise AssertionError("unreachable")
 
 
-def resolve_hf_hub_dir(repo_id: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
-    """Local snapshot folder of an open_clip model on the Hub (config + weights)."""
+def snapshot_dir(repo_id: str, *, what: str, cache_dir: str | None = None, offline: bool | None = None,
+                 allow_patterns: list[str] | None = None, required_file: str | None = None,
+                 advice: str = BACKBONE_ADVICE) -> str:
+    """Local snapshot folder of a Hub repository: the HF cache first, then (unless offline) a download. A
+    cached snapshot without ``required_file`` counts as missing. Misses raise the one clear message."""
     from huggingface_hub import snapshot_download
 
     offline = offline_from_env() if offline is None else offline
-    patterns = ["open_clip_config.json", *_WEIGHT_FILES]
     try:
-        path = snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=True)
-        if (Path(path) / "open_clip_config.json").is_file():
+        path = snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=allow_patterns, local_files_only=True)
+        if required_file is None or (Path(path) / required_file).is_file():
             return path
-    except Exception:  # noqa: BLE001 - a miss is reported below
+    except Exception:  # noqa: BLE001 - any miss means "not cached"; reported below
         pass
     looked = [f"Hugging Face cache {hf_cache_dir(cache_dir)} for {repo_id}"]
     hint = f"huggingface-cli download {repo_id}"
     if offline:
-        _missing(f"hf-hub:{repo_id}", looked, hint, offline)
+        _missing(what, looked, hint, offline, advice=advice)
     try:
-        return snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=patterns)
-    except Exception as exc:  # noqa: BLE001
-        _missing(f"hf-hub:{repo_id}", looked, hint, offline, exc)
+        return snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=allow_patterns)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types; all mean "missing"
+        _missing(what, looked, hint, offline, exc, advice=advice)
     raise AssertionError("unreachable")
+
+
+def resolve_hf_hub_dir(repo_id: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
+    """Local snapshot folder of an open_clip model on the Hub (config + weights)."""
+    return snapshot_dir(repo_id, what=f"hf-hub:{repo_id}", cache_dir=cache_dir, offline=offline,
+                        allow_patterns=["open_clip_config.json", *_WEIGHT_FILES],
+                        required_file="open_clip_config.json")
 
 
 def check_weights_file(path: str) -> str:

@@ -33,36 +33,16 @@ NO_SPELLINGS = ("No", " No", "no", " no", "NO")
 
 def resolve_lvlm_dir(model: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
     """A local folder with the model's files: the path itself, the HF cache, or (online) a download."""
-    from zsad.backbones.weights import hf_cache_dir, offline_from_env
+    from zsad.backbones.weights import snapshot_dir
 
     local = Path(model).expanduser()
     if local.is_dir():
         return str(local)
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise WeightsNotFoundError(f"LVLM '{model}' is neither a local folder nor a Hugging Face repo id (ORG/NAME)")
-    from huggingface_hub import snapshot_download
-
-    offline = offline_from_env() if offline is None else offline
-    try:
-        return snapshot_download(model, cache_dir=cache_dir, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - any miss means "not cached"
-        cause: Exception = exc
-    if not offline:
-        try:
-            return snapshot_download(model, cache_dir=cache_dir)
-        except Exception as exc:  # noqa: BLE001 - network errors come in many types
-            cause = exc
-    if offline:
-        mode = "HF_HUB_OFFLINE=1 is set, so nothing was downloaded"
-    else:
-        mode = f"the download failed ({type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]})"
-    raise WeightsNotFoundError(
-        f"weights for LVLM {model} are not on this machine and {mode}. "
-        f"Looked in: Hugging Face cache {hf_cache_dir(cache_dir)}. On a connected machine run: "
-        f"huggingface-cli download {model} — then copy the Hugging Face cache folder to this machine (or set "
-        f"HF_HOME/HF_HUB_CACHE to it), or pass a local folder as --lvlm /path/to/model. The grounded answers "
-        f"(without --lvlm) need no LVLM; for a smoke run use --lvlm {TINY_RANDOM}."
-    ) from None
+    return snapshot_dir(model, what=f"LVLM {model}", cache_dir=cache_dir, offline=offline,
+                        advice=f"pass a local folder as --lvlm /path/to/model. The grounded answers (without "
+                               f"--lvlm) need no LVLM; for a smoke run use --lvlm {TINY_RANDOM}.")
 
 
 def cpu_friendly(model: Any, processor: Any) -> None:
