@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from zsad.scoring.regions import grid_cell
-from zsad.types import AnomalyResult
+from zsad.scoring.regions import find_regions
+from zsad.types import AnomalyResult, Region
 
 #: (upper bound of the area fraction, word), checked in order; larger is "large".
 SIZE_BUCKETS: tuple[tuple[float, str], ...] = ((0.005, "tiny"), (0.02, "small"), (0.10, "medium"))
@@ -28,8 +27,6 @@ SIZE_BUCKETS: tuple[tuple[float, str], ...] = ((0.005, "tiny"), (0.02, "small"),
 CONFIDENCE_BUCKETS: tuple[tuple[float, str], ...] = ((1 / 3, "slightly suspicious"), (2 / 3, "moderately suspicious"))
 NOT_SUSPICIOUS = "not suspicious"
 HIGHLY = "highly suspicious"
-
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def size_word(area_fraction: float) -> str:
@@ -109,13 +106,15 @@ class Evidence:
         return "; ".join(parts) + "."
 
 
+def _region_evidence(region: Region, with_peak: bool) -> RegionEvidence:
+    return RegionEvidence(cell=region.cell, size=size_word(region.area_fraction),
+                          area_fraction=float(region.area_fraction), bbox=tuple(int(v) for v in region.bbox),
+                          peak_score=float(region.peak_score) if with_peak else None)
+
+
 def evidence_from_result(result: AnomalyResult, class_name: str = "object") -> Evidence:
     """The evidence of a detector's result: its decision, score, regions and defect type."""
-    regions = tuple(
-        RegionEvidence(cell=r.cell, size=size_word(r.area_fraction), area_fraction=float(r.area_fraction),
-                       bbox=tuple(int(v) for v in r.bbox), peak_score=float(r.peak_score))
-        for r in result.regions
-    ) if result.pred_label else ()
+    regions = tuple(_region_evidence(r, with_peak=True) for r in result.regions) if result.pred_label else ()
     prob = result.defect_probs.get(result.defect_type) if result.defect_type else None
     return Evidence(
         anomalous=bool(result.pred_label), score=float(result.image_score), threshold=float(result.threshold),
@@ -128,26 +127,14 @@ def evidence_from_result(result: AnomalyResult, class_name: str = "object") -> E
 def evidence_from_mask(mask: np.ndarray, defect_type: str | None = None, class_name: str = "object",
                        min_area_fraction: float = 0.0) -> Evidence:
     """Ground-truth evidence from a defect mask (tests, training dialogues): 8-connected components, largest
-    first; components smaller than ``min_area_fraction`` of the image are ignored. No score: certainty."""
+    first (the detector's own :func:`find_regions`, uncapped); components smaller than ``min_area_fraction`` of
+    the image are ignored. No score: certainty."""
     mask = np.asarray(mask).astype(bool)
     height, width = mask.shape
-    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    regions = []
-    if count:
-        index = np.arange(1, count + 1)
-        areas = ndimage.sum_labels(np.ones_like(labels), labels, index) / float(height * width)
-        centroids = ndimage.center_of_mass(mask, labels, index)
-        slices = ndimage.find_objects(labels)
-        for i in np.argsort(-areas, kind="stable"):
-            if areas[i] < min_area_fraction:
-                continue
-            rows, cols = slices[i]
-            cy, cx = centroids[i]
-            regions.append(RegionEvidence(cell=grid_cell(cx, cy, width, height), size=size_word(float(areas[i])),
-                                          area_fraction=float(areas[i]),
-                                          bbox=(int(cols.start), int(rows.start), int(cols.stop), int(rows.stop))))
+    found = find_regions(mask, mask.astype(np.float32), max_regions=mask.size)
+    regions = tuple(_region_evidence(r, with_peak=False) for r in found if r.area_fraction >= min_area_fraction)
     anomalous = bool(regions)
     return Evidence(anomalous=anomalous, score=None, threshold=None,
-                    confidence=HIGHLY if anomalous else NOT_SUSPICIOUS, regions=tuple(regions),
+                    confidence=HIGHLY if anomalous else NOT_SUSPICIOUS, regions=regions,
                     defect_type=defect_type if anomalous else None, defect_prob=None, class_name=class_name,
                     image_size=(width, height))
