@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -71,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     from zsad.adapters.cli import add_prompt_parsers
     add_prompt_parsers(sub)
-    # -- commands of issue 6 (ask, train-dialogue) --
     from zsad.dialogue.cli import add_ask_parser
     add_ask_parser(sub)
     from zsad.dialogue.train import add_train_dialogue_parser
@@ -112,9 +112,8 @@ def _group(items: list, group_by: str) -> list[tuple[str, list]]:
 class _Run:
     """Counts and writes one ``zsad score`` run's outcomes."""
 
-    def __init__(self, writer, bar, thresholds=None) -> None:
+    def __init__(self, writer, bar) -> None:
         self.writer, self.bar = writer, bar
-        self.thresholds = thresholds  # GoodThresholds of independent methods, set once before scoring
         self.scored = self.anomalous = self.failed = 0
 
     def error(self, path: str, problem: str) -> None:
@@ -124,9 +123,9 @@ class _Run:
         self.bar.update(1)
 
     def result(self, result, image, relative, thresholds=None) -> None:
+        """Write ``result``, decided again with ``thresholds`` (:class:`GoodThresholds`) when given."""
         from zsad.thresholds import apply_thresholds
 
-        thresholds = thresholds or self.thresholds
         if thresholds is not None:
             result = apply_thresholds(result, thresholds.image, thresholds.pixel)
         self.writer.write(result, image, relative)
@@ -147,13 +146,13 @@ class _Run:
         return loaded
 
 
-def _score_independent(detector, items, run: _Run, batch_size: int, max_pixels: int) -> None:
+def _score_independent(detector, items, run: _Run, batch_size: int, max_pixels: int, thresholds=None) -> None:
     for chunk in _batches(items, batch_size):
         loaded = run.load(chunk, max_pixels)
         if loaded:
             results = detector.score_images([img for _, img in loaded], [str(item.path) for item, _ in loaded])
             for (item, image), result in zip(loaded, results):
-                run.result(result, image, item.relative)
+                run.result(result, image, item.relative, thresholds)
 
 
 def _score_jointly(detector, name: str, items, run: _Run, batch_size: int, max_pixels: int, several: bool,
@@ -243,7 +242,6 @@ class _GoodImages:
             self.thresholds = thresholds_from_good(detector.score_images(images, self.paths), quantile)
             _report_thresholds(self.thresholds, "")
 
-
     def shared_with(self, items) -> set[str]:
         """Keys of the good images that are also among ``items`` (the same file, however it was named)."""
         return set(self.keys) & {_path_key(item.path) for item in items}
@@ -259,8 +257,6 @@ class _GoodImages:
 
 
 def _path_key(path) -> str:
-    import os
-
     return os.path.realpath(str(path))
 
 
@@ -309,8 +305,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         good = None
         if args.threshold_from:
             good = _GoodImages(detector, args.threshold_from, args.good_quantile, args.batch_size, max_pixels)
-        run = _Run(writer, tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None),
-                   thresholds=good.thresholds if good else None)
+        run = _Run(writer, tqdm(total=len(todo), unit="img", file=sys.stderr, disable=args.quiet or None))
         for name, items in groups:
             if all(str(item.path) in writer.done for item in items):
                 continue
@@ -318,7 +313,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                 _score_jointly(detector, name, items, run, args.batch_size, max_pixels, len(groups) > 1, good)
             else:
                 pending = [item for item in items if str(item.path) not in writer.done]
-                _score_independent(detector, pending, run, args.batch_size, max_pixels)
+                _score_independent(detector, pending, run, args.batch_size, max_pixels,
+                                   good.thresholds if good else None)
         run.bar.close()
     seconds = time.perf_counter() - started
     print(f"zsad: {run.scored + run.failed} images: {run.scored} scored, {run.anomalous} anomalous, "
