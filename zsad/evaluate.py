@@ -112,8 +112,9 @@ def _per_image_csv(samples: Sequence[Sample], results: Sequence[AnomalyResult]) 
     return buffer.getvalue()
 
 
-def _load_done(path: Path, config: EvaluateConfig) -> CategoryResult | None:
-    """A finished category's result from its JSON file, or None when it must be computed (again)."""
+def _load_done(path: Path, signature: dict[str, Any]) -> CategoryResult | None:
+    """A finished category's result from its JSON file, or None when it must be computed (again); one written
+    with another ``signature`` (:meth:`EvaluateConfig.signature`) is a usage error."""
     if not path.is_file():
         return None
     try:
@@ -124,8 +125,8 @@ def _load_done(path: Path, config: EvaluateConfig) -> CategoryResult | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s is unreadable (%s); evaluating that category again", path, exc)
         return None
-    if stored != config.signature():
-        raise UsageError(f"cannot resume: {path} was written with {stored}, this run uses {config.signature()}; "
+    if stored != signature:
+        raise UsageError(f"cannot resume: {path} was written with {stored}, this run uses {signature}; "
                          f"choose another --out or drop --resume")
     return done
 
@@ -254,12 +255,13 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     _check_config(config)
     dataset: Dataset = open_dataset(config.data, format=config.format, categories=config.categories)
     out = Path(config.out)
+    signature = config.signature()  # once: it hashes the adapter's weights
     detector: Detector | None = None
     finished: list[CategoryResult] = []
     with _bar(len(dataset.categories), "categories", config.progress, unit="cat", leave=True) as bar:
         for category in dataset.categories:
             marker = out / "categories" / f"{category}.json"
-            done = _load_done(marker, config) if config.resume else None
+            done = _load_done(marker, signature) if config.resume else None
             if done is not None:
                 log.info("category %s already evaluated; reusing %s", category, marker)
                 finished.append(done)
@@ -279,7 +281,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             metrics, thresholds = _category_metrics(category, samples, results, config.aupro_variant)
             result = CategoryResult(category, metrics, seconds, len(samples), thresholds)
             atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, results))
-            atomic_write_text(marker, json.dumps(result.to_dict(config.signature()), indent=2) + "\n")
+            atomic_write_text(marker, json.dumps(result.to_dict(signature), indent=2) + "\n")
             finished.append(result)
             bar.set_postfix(last=category)
             bar.update(1)
