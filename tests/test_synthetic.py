@@ -177,10 +177,57 @@ def test_demo_samples_are_small_and_named(tmp_path: Path) -> None:
             assert image.size == (256, 256)
 
 
+#: How far a regenerated demo sample may stray from the committed one: float rounding in resampling and blurring
+#: differs between CPUs by one grey level in a pixel or two; anything more is a real change of the generator.
+MAX_GREY_STEP = 2
+MAX_CHANGED_FRACTION = 0.001
+
+
+def image_mismatch(old: Image.Image, new: Image.Image) -> str | None:
+    """Why two images are not the same picture up to CPU rounding (``None`` when they are)."""
+    if old.size != new.size or old.mode != new.mode:
+        return f"size/mode {old.size} {old.mode} != {new.size} {new.mode}"
+    a = np.asarray(old).astype(np.int16)
+    b = np.asarray(new).astype(np.int16)
+    diff = np.abs(a - b)
+    if diff.ndim == 3:
+        diff = diff.max(axis=-1)  # a pixel differs when any of its channels does
+    step = int(diff.max())
+    changed = float(np.count_nonzero(diff)) / diff.size
+    if step > MAX_GREY_STEP or changed > MAX_CHANGED_FRACTION:
+        return f"max difference {step} grey levels, {changed:.4%} of pixels differ"
+    return None
+
+
+def test_image_mismatch_tolerates_rounding_only(rng) -> None:
+    base = (rng.random((256, 256, 3)) * 200 + 20).astype(np.uint8)
+    same = Image.fromarray(base)
+    assert image_mismatch(same, Image.fromarray(base.copy())) is None
+    nudged = base.copy()
+    nudged[10, 20, 0] += 1
+    nudged[100, 7, 2] -= 2
+    assert image_mismatch(same, Image.fromarray(nudged)) is None
+    big_step = base.copy()
+    big_step[5, 5, 1] += 3  # one pixel, but more than rounding
+    assert image_mismatch(same, Image.fromarray(big_step)) is not None
+    many = base.copy()
+    many[:1, :100] += 1  # 100 pixels by one level: more than 0.1 %
+    assert image_mismatch(same, Image.fromarray(many)) is not None
+    assert image_mismatch(same, Image.fromarray(base[:128])) is not None
+    assert image_mismatch(same, Image.fromarray(base).convert("L")) is not None
+
+
 def test_committed_demo_samples_match_generator(tmp_path: Path) -> None:
     committed = Path(__file__).resolve().parent.parent / "demo" / "samples"
     if not committed.is_dir():
         pytest.skip("demo/samples not present")
-    for path in write_demo_samples(tmp_path):
+    written = write_demo_samples(tmp_path)
+    assert written
+    for path in written:
         with Image.open(committed / path.name) as old, Image.open(path) as new:
-            assert np.array_equal(np.asarray(old), np.asarray(new)), path.name
+            old.load()
+            new.load()
+            assert image_mismatch(old, new) is None, f"{path.name}: {image_mismatch(old, new)}"
+    # the tolerance is a real check: two different samples of the generator do not pass as one another
+    with Image.open(written[0]) as first, Image.open(written[1]) as second:
+        assert image_mismatch(first, second) is not None
