@@ -1,14 +1,22 @@
 """Finding pretrained weights on this machine, and saying clearly what to do when they are missing.
 
 The look-up order is the local Hugging Face cache first (honouring ``HF_HOME`` / ``HF_HUB_CACHE`` and
-``cache_dir``), then — unless offline — a download through open_clip / huggingface_hub.
+``cache_dir``), then — unless offline — a download through open_clip / huggingface_hub. Before a download, one
+TCP connection to the server (the Hub at ``HF_ENDPOINT``, or the proxy in front of it) must open within
+:data:`PROBE_TIMEOUT` seconds: a machine without network gets the missing-weights message at once, instead of
+huggingface_hub's retries with back-off (five warnings over about 40 s per file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from zsad.errors import UsageError, WeightsNotFoundError
 
@@ -20,6 +28,85 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 def offline_from_env() -> bool:
     """Whether ``HF_HUB_OFFLINE`` asks for no network access (read when called, not at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+#: Seconds a TCP connection to the download server may take before the machine counts as offline.
+PROBE_TIMEOUT = 3.0
+
+
+class ServerUnreachableError(OSError):
+    """No connection to the server weights would be downloaded from (no network, DNS failure, refused)."""
+
+
+def hub_endpoint() -> str:
+    """The Hub address huggingface_hub downloads from (``HF_ENDPOINT``, default https://huggingface.co)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _connect_address(url: str) -> tuple[str, int]:
+    """Host and port a download of ``url`` opens a connection to: its own, or the proxy's when one applies
+    (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, unless ``NO_PROXY`` exempts the host)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "https"
+    host, port = parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if proxy_parts.hostname:
+            return proxy_parts.hostname, proxy_parts.port or (443 if proxy_parts.scheme == "https" else 80)
+    return host, port
+
+
+def _resolve(host: str, port: int, timeout: float) -> list[tuple]:
+    """``getaddrinfo`` with a deadline (the resolver's own time-outs can add up to tens of seconds)."""
+    found: list = []
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=look_up, name="zsad-dns-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not found:
+        raise TimeoutError(f"no DNS answer for {host} within {timeout:g} s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
+
+
+def check_reachable(url: str, timeout: float | None = None) -> None:
+    """Open (and close) one TCP connection to the server of ``url``; :class:`ServerUnreachableError` when that
+    fails within ``timeout`` seconds (default :data:`PROBE_TIMEOUT`, DNS look-up included): no route, no DNS
+    answer, refused, timed out."""
+    host, port = _connect_address(url)
+    if not host:
+        raise ServerUnreachableError(f"no host in download address '{url}'")
+    deadline = time.monotonic() + (PROBE_TIMEOUT if timeout is None else timeout)
+    error: OSError | None = None
+    try:
+        for family, kind, proto, _, address in _resolve(host, port, max(deadline - time.monotonic(), 0.01)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                error = error or TimeoutError(f"no connection within {timeout or PROBE_TIMEOUT:g} s")
+                break
+            try:
+                with socket.socket(family, kind, proto) as sock:
+                    sock.settimeout(left)
+                    sock.connect(address)
+                return
+            except OSError as exc:
+                error = exc
+    except OSError as exc:  # socket.gaierror (no DNS / unknown host), TimeoutError
+        error = exc
+    error = error or OSError("no address")
+    reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    raise ServerUnreachableError(f"cannot connect to {host}:{port} for {url} ({reason})") from error
 
 
 def hf_cache_dir(cache_dir: str | None = None) -> str:
@@ -49,7 +136,12 @@ BACKBONE_ADVICE = ("pass a local file as --backbone ARCH:/path/to/weights. "
 
 def _missing(what: str, looked: list[str], fetch_hint: str, offline: bool, cause: Exception | None = None,
              advice: str = BACKBONE_ADVICE) -> None:
-    mode = "HF_HUB_OFFLINE=1 is set, so nothing was downloaded" if offline else "the download failed"
+    if offline:
+        mode = "HF_HUB_OFFLINE=1 is set, so nothing was downloaded"
+    elif isinstance(cause, ServerUnreachableError):
+        mode = "the download server cannot be reached"
+    else:
+        mode = "the download failed"
     detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
     raise WeightsNotFoundError(
         f"weights for {what} are not on this machine and {mode}{detail}. Looked in: {'; '.join(looked)}. "
@@ -88,6 +180,8 @@ def resolve_tag_checkpoint(arch: str, tag: str, *, cache_dir: str | None = None,
     if offline:
         _missing(f"{arch}:{tag}", looked, hint, offline)
     try:
+        if hub or url:
+            check_reachable(hub_endpoint() if hub else url)  # open_clip prefers the Hub when the tag names a repo
         return open_clip.download_pretrained(cfg, cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - network errors come in many types; all mean "missing"
         _missing(f"{arch}:{tag}", looked, hint, offline, exc)
@@ -113,6 +207,7 @@ def snapshot_dir(repo_id: str, *, what: str, cache_dir: str | None = None, offli
     if offline:
         _missing(what, looked, hint, offline, advice=advice)
     try:
+        check_reachable(hub_endpoint())
         return snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=allow_patterns)
     except Exception as exc:  # noqa: BLE001 - network errors come in many types; all mean "missing"
         _missing(what, looked, hint, offline, exc, advice=advice)
