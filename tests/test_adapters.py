@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from zsad.adapters import load, save_adapter
+from zsad.anomalyclip.adapter import check_folder
 from zsad.anomalyclip.official import convert_state_dict, import_checkpoint, read_checkpoint
 from zsad.errors import AdapterError
 
@@ -184,24 +185,71 @@ def test_load_errors_say_what_is_wrong(tmp_path, tiny_adapter, backbone):
     folder = load(tiny_adapter)
     bad = dict(folder.tensors, ctx_normal=torch.zeros(10, 64))
     save_adapter(tmp_path / "bad", folder.kind, folder.config, bad)
+    load(tmp_path / "bad")  # the file format alone is fine: tensor shapes are the kind's own check
     with pytest.raises(AdapterError, match=r"'ctx_normal' has shape \[10, 64\], expected \[12, 64\]"):
-        load(tmp_path / "bad")
+        load(tmp_path / "bad", validator=check_folder)
 
     wide = {k: torch.zeros(*v.shape[:-1], 768) for k, v in folder.tensors.items()}
     save_adapter(tmp_path / "wide", folder.kind, folder.config, wide)
-    load(tmp_path / "wide", "tiny-random")  # consistent in itself; the width is only known with the model
+    # consistent in itself; the width is only known with the model
+    load(tmp_path / "wide", "tiny-random", validator=check_folder)
     with pytest.raises(AdapterError, match="768 wide"):
-        load(tmp_path / "wide", backbone)
+        load(tmp_path / "wide", backbone, validator=check_folder)
 
     for name, change in (("no_taps", {"taps": []}), ("neg_tap", {"taps": [-1]}), ("neg_dpam", {"dpam_layers": -3}),
                          ("deep_tap", {"taps": [99]})):
         save_adapter(tmp_path / name, folder.kind, {**folder.config, **change}, folder.tensors)
         with pytest.raises(AdapterError, match=f"{name}.*(tapped block|do not fit)"):
-            load(tmp_path / name, backbone)
+            load(tmp_path / name, backbone, validator=check_folder)
 
     (tiny_adapter / "weights.safetensors").unlink()
     with pytest.raises(AdapterError, match="weights.safetensors is missing"):
         load(tiny_adapter)
+
+
+def test_validator_gets_the_loaded_backbone_or_none(tiny_adapter, backbone):
+    seen = []
+    load(tiny_adapter, backbone, validator=lambda folder, model: seen.append((folder.kind, model)))
+    load(tiny_adapter, "tiny-random", validator=lambda folder, model: seen.append((folder.kind, model)))
+    load(tiny_adapter, validator=lambda folder, model: seen.append((folder.kind, model)))
+    assert seen == [("anomalyclip-prompts", backbone), ("anomalyclip-prompts", None), ("anomalyclip-prompts", None)]
+
+    def refuse(folder, model):
+        raise AdapterError(f"{folder.path}: refused")
+
+    with pytest.raises(AdapterError, match="refused"):
+        load(tiny_adapter, validator=refuse)
+
+
+def test_adapter_format_layer_imports_no_method():
+    """zsad.adapters is the file-format layer: the methods import it, never the other way round."""
+    import ast
+    import subprocess
+    import sys
+
+    for path in (REPO / "zsad" / "adapters" / "__init__.py", REPO / "zsad" / "adapters" / "folder.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [n for n in names if n.startswith(("zsad.anomalyclip", "zsad.dialogue", "zsad.methods"))], path
+        assert "importlib" not in path.read_text(encoding="utf-8"), path
+    code = ("import sys, zsad.adapters, zsad.adapters.folder; "
+            "print(sorted(m for m in sys.modules if m.startswith(('zsad.anomalyclip', 'zsad.dialogue'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_adapters_info_checks_prompt_tensors(tiny_adapter, tmp_path, capsys):
+    import argparse
+
+    from zsad.adapters.cli import cmd_info
+
+    assert cmd_info(argparse.Namespace(folder=str(tiny_adapter), backbone=None)) == 0
+    assert json.loads(capsys.readouterr().out)["tensors"]["ctx_normal"] == [12, 64]
+    folder = load(tiny_adapter)
+    save_adapter(tmp_path / "bad", folder.kind, folder.config, dict(folder.tensors, ctx_normal=torch.zeros(10, 64)))
+    with pytest.raises(AdapterError, match="'ctx_normal' has shape"):
+        cmd_info(argparse.Namespace(folder=str(tmp_path / "bad"), backbone=None))
 
 
 def test_backbone_given_as_a_file_of_the_same_architecture_is_accepted(tmp_path, caplog):

@@ -1,15 +1,17 @@
 """Learned adapters: folders of ``adapter.json`` + ``weights.safetensors`` (see :mod:`zsad.adapters.folder`).
 
 :func:`load` is the checked entry point: besides the folder's own problems (missing files, wrong kind,
-unsupported version) it refuses an adapter made for another backbone and tensors whose shapes do not fit.
+unsupported version) it refuses an adapter made for another backbone, and runs the caller's validator (tensor
+shapes of the kind). This package is the file-format layer only: it imports no method (``zsad.anomalyclip``,
+``zsad.dialogue``); the method that owns a kind passes its own validator.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from zsad.adapters.folder import AdapterFolder, load_adapter, read_adapter_config, save_adapter
 from zsad.errors import AdapterError
@@ -19,10 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: kind -> "module:function(folder, backbone_or_None)" that checks the kind's tensors; imported lazily.
-VALIDATORS: dict[str, str] = {
-    "anomalyclip-prompts": "zsad.anomalyclip.adapter:check_folder",
-}
+#: ``validator(folder, backbone_or_None)``: checks a kind's fields and tensors, raising :class:`AdapterError`;
+#: it gets the loaded backbone, or ``None`` when the backbone was given by name (or not at all).
+Validator = Callable[[AdapterFolder, Optional["ClipBackbone"]], None]
 
 
 def backbone_name(backbone: ClipBackbone | str) -> str:
@@ -50,18 +51,18 @@ def check_backbone(folder: AdapterFolder, backbone: ClipBackbone | str) -> None:
                        f"use --backbone {recorded} or an adapter trained for {name}")
 
 
-def load(path: str | Path, backbone: ClipBackbone | str | None = None, *, kind: str | None = None) -> AdapterFolder:
+def load(path: str | Path, backbone: ClipBackbone | str | None = None, *, kind: str | None = None,
+         validator: Validator | None = None) -> AdapterFolder:
     """Read an adapter folder and check it: kind (when given), backbone (when given: a loaded backbone or its
-    name) and tensor shapes. Every problem is an :class:`AdapterError` saying what is wrong with which file."""
+    name) and, with ``validator`` (the kind's own check, e.g. ``zsad.anomalyclip.adapter.check_folder``), its
+    fields and tensor shapes. Every problem is an :class:`AdapterError` saying what is wrong with which file."""
     folder = load_adapter(path, kind)
     if backbone is not None:
         check_backbone(folder, backbone)
-    validator = VALIDATORS.get(folder.kind)
     if validator is not None:
-        module, func = validator.split(":")
-        getattr(importlib.import_module(module), func)(folder, None if isinstance(backbone, str) else backbone)
+        validator(folder, None if isinstance(backbone, str) else backbone)
     return folder
 
 
-__all__ = ["AdapterFolder", "VALIDATORS", "check_backbone", "load", "load_adapter", "read_adapter_config",
+__all__ = ["AdapterFolder", "Validator", "check_backbone", "load", "load_adapter", "read_adapter_config",
            "save_adapter"]

@@ -12,9 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zsad.errors import UsageError
 from zsad.fileio import read_json
+
+if TYPE_CHECKING:
+    from zsad.adapters import AdapterFolder
+    from zsad.backbones import ClipBackbone
 
 
 def add_prompt_parsers(sub: argparse._SubParsersAction) -> None:
@@ -130,10 +135,19 @@ def cmd_import_anomalyclip(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_known_kind(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
+    """Validator for folders of any kind: the checks of the kinds zsad's methods define (fields, tensor shapes)."""
+    from zsad.anomalyclip.adapter import KIND as PROMPTS
+    from zsad.anomalyclip.adapter import check_folder
+
+    if folder.kind == PROMPTS:
+        check_folder(folder, backbone)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from zsad.adapters import load
 
-    folder = load(args.folder, args.backbone)
+    folder = load(args.folder, args.backbone, validator=check_known_kind)
     record = {"kind": folder.kind, **folder.config,
               "tensors": {name: list(t.shape) for name, t in folder.tensors.items()}}
     print(json.dumps(record, indent=2))
@@ -143,7 +157,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_add_metrics(args: argparse.Namespace) -> int:
     from zsad.adapters import load, save_adapter
 
-    folder = load(args.folder)
+    folder = load(args.folder, validator=check_known_kind)
     path = Path(args.metrics)
     result = read_json(path, UsageError, "evaluation metrics")
     if not isinstance(result, dict) or "mean" not in result:

@@ -87,8 +87,8 @@ def save_prompt_adapter(folder: str | Path, learner: PromptLearner, settings: Pr
 
 
 def check_folder(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
-    """Validator used by :func:`zsad.adapters.load`: tensors against the recorded sizes, and, given a loaded
-    backbone, the sizes against its towers (text width and depth, vision depth)."""
+    """Validator to pass to :func:`zsad.adapters.load` (``validator=check_folder``): tensors against the recorded
+    sizes, and, given a loaded backbone, the sizes against its towers (text width and depth, vision depth)."""
     where = str(folder.path or "adapter")
     settings = PromptSettings.from_config(folder.config, where)
     PromptLearner.from_tensors(settings.shape, folder.tensors, where)
@@ -115,7 +115,7 @@ def load_prompt_adapter(path: str | Path, backbone: ClipBackbone) -> PromptAdapt
     """Load and check an ``anomalyclip-prompts`` adapter for ``backbone``; the learner is on its device."""
     from zsad.adapters import load
 
-    folder = load(path, backbone, kind=KIND)
+    folder = load(path, backbone, kind=KIND, validator=check_folder)
     settings = PromptSettings.from_config(folder.config, str(path))
     learner = PromptLearner.from_tensors(settings.shape, folder.tensors, str(path)).to(backbone.device)
     learner.requires_grad_(False)
