@@ -3,8 +3,9 @@ download the table as CSV, and ask about the selected image.
 
 One :class:`DemoApp` per process owns the model: backbones and detectors are built once, cached, and shared by
 every visitor behind one lock (one model pass at a time, so a GPU never holds two batches and CPU threads are not
-oversubscribed). Each visitor's results live in their own :class:`Session` (a ``gr.State``). Moving the threshold
-slider decides again from the kept anomaly maps (``zsad.thresholds.apply_thresholds``), without re-scoring.
+oversubscribed). Images are scored through zsad's runner, like ``zsad score``. Each visitor's results live in their
+own :class:`Session` (a ``gr.State``). Moving the threshold slider decides again from the kept raw outputs
+(``zsad.decisions.redecide``), without re-scoring.
 
 This file is data shipped with zsad (``zsad/_data/demo/app.py`` in a wheel), loaded by file path from
 ``zsad.demo_cli``; zsad itself never imports it.
@@ -313,40 +314,45 @@ class DemoApp:
             raise UsageError("method 'anomalyclip' needs learned prompts (an adapter); "
                              + ("pick one in 'Adapter'" if self.adapters else
                                 "this demo was started without one (zsad demo --adapter DIR)"))
-        items, images = [], []
+        from zsad.decisions import Thresholds
+        from zsad.runner import Source
+
+        items, sources = [], []
         for i, (name, path) in enumerate(inputs):
             progress((i, len(inputs)), desc="reading images")
             image, problem = self._load(path)
             items.append(Item(name=name, source=path if image is not None else None, error=problem))
-            if image is not None:
-                images.append(image)
-        if not images:
+            if image is not None:  # decoded once here; the runner takes the pixels as they are
+                sources.append((items[-1], Source(key=f"item:{i}", path=name, image=image)))
+        if not sources:
             raise UsageError("no image could be read: " + "; ".join(f"{it.name}: {it.error}" for it in items))
-        if len(images) < min_batch:
+        if len(sources) < min_batch:
             raise UsageError(f"method '{method}' scores images against each other and needs at least {min_batch} "
-                             f"readable images of one category, got {len(images)}: add images or use 'clip'")
+                             f"readable images of one category, got {len(sources)}: add images or use 'clip'")
         progress(0.0, desc="loading the model")
         detector = self.detector(method, class_name, adapter)
-        results = self._score(detector, images, [it.name for it in items if it.source is not None], progress)
-        for item, result in zip([it for it in items if it.source is not None], results):
-            item.result = result
+        runner = detector.runner(thresholds=Thresholds(float(threshold)), max_pixels=self.config.max_pixels)
+        by_key = {source.key: item for item, source in sources}
+        done = 0
+
+        def advanced(n: int) -> None:
+            nonlocal done
+            done += n
+            progress((done, len(sources)), desc="scoring")
+
+        outcomes = runner.run([source for _, source in sources], progress=advanced)
+        while True:  # one model pass at a time across visitors: the lock is held per step of the run
+            with self._model_lock:
+                outcome = next(outcomes, None)
+            if outcome is None:
+                break
+            item = by_key[outcome.source.key]
+            item.result, item.error = outcome.result, outcome.error
+            if outcome.error is not None:
+                item.source = None
         folder = Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
         return Session(items=items, class_name=(class_name or "").strip() or "object", method=method, folder=folder,
                        threshold=threshold, seconds=time.perf_counter() - started)
-
-    def _score(self, detector, images: list, names: list[str], progress: Callable[..., Any]) -> list:
-        """One model pass at a time; independent methods batch by batch (with progress), transductive ones whole."""
-        n = len(images)
-        if detector.method.transductive:
-            progress(0.5, desc=f"scoring {n} images jointly")
-            with self._model_lock:
-                return detector.score_images(images, names)
-        results, step = [], detector.batch_size
-        for start in range(0, n, step):
-            progress((start, n), desc="scoring")
-            with self._model_lock:
-                results += detector.score_images(images[start:start + step], names[start:start + step])
-        return results
 
     @staticmethod
     def _check_threshold(threshold: float) -> None:
@@ -363,7 +369,7 @@ class DemoApp:
 
     def _render(self, session: Session, threshold: float, progress: Callable[..., Any]) -> View:
         from zsad.data.images import load_image
-        from zsad.thresholds import apply_thresholds
+        from zsad.decisions import Thresholds, redecide
         from zsad.visualize import overlay
 
         self._check_threshold(threshold)
@@ -383,7 +389,7 @@ class DemoApp:
                 rows.append([item.name, None, None, "", "", None, None, item.error])
                 continue
             progress((i, len(session.items)), desc="drawing heat maps")
-            result = apply_thresholds(item.result, float(threshold))
+            result = redecide(item.result, Thresholds(float(threshold)))
             picture = overlay(load_image(item.source, max_pixels=self.config.max_pixels), result.anomaly_map,
                               result.pred_mask)
             picture.thumbnail((_OVERLAY_MAX_SIDE, _OVERLAY_MAX_SIDE))
@@ -435,7 +441,7 @@ class DemoApp:
         """Answer ``question`` about the selected image with the dialogue module (grounded in its result, or the
         LVLM when ``--lvlm`` was given); returns the chat of that image."""
         from zsad.data.images import load_image
-        from zsad.thresholds import apply_thresholds
+        from zsad.decisions import Thresholds, redecide
 
         if session is None or not session.scored():
             raise UsageError("score an image first, then ask about it")
@@ -451,7 +457,7 @@ class DemoApp:
         if conversation is None:
             from zsad.dialogue import Conversation
 
-            result = apply_thresholds(item.result, session.threshold)
+            result = redecide(item.result, Thresholds(session.threshold))
             image = load_image(item.source, max_pixels=self.config.max_pixels)
             conversation = Conversation.from_result(result, image=image, class_name=session.class_name,
                                                     responder=self._responder)

@@ -12,7 +12,7 @@ from zsad.errors import AdapterError, UsageError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def demo():
-    from zsad.demo_cli import load_demo_module
+    from zsad.cli.demo import load_demo_module
 
     return load_demo_module()
 
@@ -96,7 +96,7 @@ def test_rethreshold_does_not_rescore(app, defect_png, monkeypatch):
     def boom(*_args, **_kwargs):
         raise AssertionError("re-thresholding must not score again")
 
-    monkeypatch.setattr(app.detector("clip"), "score_images", boom)
+    monkeypatch.setattr(app.detector("clip").method, "extract", boom)
     low, high = app.render(session, 0.0), app.render(session, 1.0)
     assert low.rows[0][2] == 1 and low.rows[0][4] != ""  # everything is anomalous at 0: the mask has a region
     assert high.rows[0][2] == int(score >= 1.0)

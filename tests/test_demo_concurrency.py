@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy ke
 
 @pytest.fixture
 def served(tmp_path, loopback_port):
-    from zsad.demo_cli import load_demo_module
+    from zsad.cli.demo import load_demo_module
 
     demo = load_demo_module()
     app = demo.DemoApp(demo.DemoConfig(backbone="tiny-random", image_size=112, device="cpu", precision="fp32"))

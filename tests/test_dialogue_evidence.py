@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from zsad.dialogue.evidence import Evidence, confidence_word, evidence_from_mask, evidence_from_result, size_word
-from zsad.scoring.postprocess import build_result
+from zsad.decisions import Thresholds, decide
+from zsad.types import RawOutput
 from zsad.types import GRID_CELLS
 
 
@@ -51,8 +52,8 @@ def test_every_grid_cell_is_reachable():
 def test_evidence_from_result_follows_the_decision():
     amap = np.zeros((60, 90), np.float32)
     amap[40:55, 70:85] = 0.9  # bottom right
-    result = build_result(image_score=0.8, anomaly_map=amap, threshold=0.5, method="m",
-                          defect_probs={"scratch": 0.7, "hole": 0.3})
+    result = decide(RawOutput(image_score=0.8, anomaly_map=amap, method="m",
+                          defect_probs={"scratch": 0.7, "hole": 0.3}), Thresholds(0.5))
     evidence = evidence_from_result(result, class_name="bottle")
     assert evidence.anomalous and evidence.confidence == "moderately suspicious"
     assert evidence.cells() == {"bottom right"} and evidence.regions[0].bbox == (70, 40, 85, 55)
@@ -61,8 +62,8 @@ def test_evidence_from_result_follows_the_decision():
     assert evidence.image_size == (90, 60) and evidence.class_name == "bottle"
     text = evidence.to_text()
     assert "0.80" in text and "0.50" in text and "bottom right" in text and "scratch (p=0.70)" in text
-    normal = evidence_from_result(build_result(image_score=0.2, anomaly_map=amap, threshold=0.5, method="m",
-                                               defect_probs={"scratch": 0.9}))
+    normal = evidence_from_result(decide(RawOutput(image_score=0.2, anomaly_map=amap, method="m",
+                                               defect_probs={"scratch": 0.9}), Thresholds(0.5)))
     assert not normal.anomalous and normal.regions == () and normal.defect_type is None
     assert "no defect found" in normal.to_text() and "not suspicious" in normal.to_text()
 

@@ -10,7 +10,8 @@ from zsad.data.synthetic import make_sample
 from zsad.dialogue import Conversation, GroundedResponder, Intent, evidence_from_mask, recognise
 from zsad.dialogue.grounded import CAN_ONLY_TELL
 from zsad.errors import WeightsNotFoundError
-from zsad.scoring.postprocess import build_result
+from zsad.decisions import Thresholds, decide
+from zsad.types import RawOutput
 
 CORNERS = {"top left": (0.18, 0.18), "top right": (0.82, 0.18), "bottom left": (0.18, 0.82),
            "bottom right": (0.82, 0.82), "center": (0.5, 0.5)}
@@ -112,7 +113,7 @@ class _Failing:
 def test_conversation_keeps_history_and_falls_back_to_grounded_answers():
     sample = _planted("hole", "top left")
     amap = sample.mask.astype(np.float32)
-    result = build_result(image_score=0.9, anomaly_map=amap, threshold=0.5, method="m", defect_probs={"hole": 1.0})
+    result = decide(RawOutput(image_score=0.9, anomaly_map=amap, method="m", defect_probs={"hole": 1.0}), Thresholds(0.5))
     conversation = Conversation.from_result(result, sample.image, class_name="carpet")
     assert conversation.overlay is not None and conversation.overlay.size == sample.image.size
     assert "top left" in conversation.ask("where is the defect?")

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from zsad.scoring.postprocess import build_result
+from zsad.decisions import Thresholds, decide
+from zsad.types import RawOutput
 from zsad.scoring.regions import find_regions, grid_cell
 from zsad.types import GRID_CELLS
 
@@ -38,12 +39,12 @@ def test_diagonal_pixels_are_one_region():
 def test_build_result_thresholds_and_names_defect_only_when_anomalous():
     amap = np.zeros((20, 30), dtype=np.float32)
     amap[:5, :5] = 0.9
-    result = build_result(image_score=0.7, anomaly_map=amap, threshold=0.5, method="m",
-                          defect_probs={"hole": 0.6, "crack": 0.4})
+    result = decide(RawOutput(image_score=0.7, anomaly_map=amap, method="m",
+                              defect_probs={"hole": 0.6, "crack": 0.4}), Thresholds(0.5))
     assert result.pred_label and result.defect_type == "hole"
     assert result.pred_mask.sum() == 25 and result.regions[0].cell == "top left"
-    normal = build_result(image_score=0.2, anomaly_map=np.zeros((20, 30), np.float32), threshold=0.5,
-                          method="m", defect_probs={"hole": 0.6})
+    normal = decide(RawOutput(image_score=0.2, anomaly_map=np.zeros((20, 30), np.float32), method="m",
+                              defect_probs={"hole": 0.6}), Thresholds(0.5))
     assert not normal.pred_label and normal.defect_type is None and normal.regions == []
     assert normal.defect_probs == {"hole": 0.6}
-    assert build_result(image_score=1.7, anomaly_map=amap, threshold=0.5, method="m").image_score == 1.0
+    assert decide(RawOutput(image_score=1.7, anomaly_map=amap, method="m"), Thresholds(0.5)).image_score == 1.0

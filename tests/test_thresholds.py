@@ -8,14 +8,15 @@ import pytest
 from zsad.cli import main
 from zsad.data.synthetic import make_dataset
 from zsad.errors import UsageError
-from zsad.scoring.postprocess import build_result
-from zsad.thresholds import apply_thresholds, thresholds_from_good
+from zsad.decisions import Thresholds, decide
+from zsad.types import RawOutput
+from zsad.decisions import redecide, thresholds_from_good
 
 
 def _result(score: float, peak: float, size=(16, 12)):
     amap = np.zeros(size[::-1], np.float32)
     amap[2:5, 3:7] = peak
-    return build_result(image_score=score, anomaly_map=amap, threshold=0.5, method="m", defect_probs={"hole": 1.0})
+    return decide(RawOutput(image_score=score, anomaly_map=amap, method="m", defect_probs={"hole": 1.0}), Thresholds(0.5))
 
 
 def test_quantile_one_flags_no_good_image():
@@ -23,21 +24,21 @@ def test_quantile_one_flags_no_good_image():
     found = thresholds_from_good(good, quantile=1.0)
     assert found.image > 0.4 and found.image == pytest.approx(0.4)
     assert found.pixel > max(float(r.anomaly_map.max()) for r in good) and found.pixel == pytest.approx(0.9)
-    decided = [apply_thresholds(r, found.image, found.pixel) for r in good]
+    decided = [redecide(r, found) for r in good]
     assert not any(r.pred_label for r in decided)
     assert not any(r.pred_mask.any() for r in decided)
     assert thresholds_from_good(good, quantile=0.5).image == pytest.approx(0.3)
 
 
-def test_apply_thresholds_redecides_label_mask_and_type_without_rescoring():
+def test_redecide_redecides_label_mask_and_type_without_rescoring():
     result = _result(0.45, 0.8)
     assert not result.pred_label and result.defect_type is None and result.pred_mask.sum() == 12
-    again = apply_thresholds(result, 0.4, 0.9)
+    again = redecide(result, Thresholds(0.4, 0.9))
     assert again.pred_label and again.defect_type == "hole"
     assert not again.pred_mask.any() and again.regions == []
     assert again.extras["pixel_threshold"] == 0.9
     np.testing.assert_array_equal(again.anomaly_map, result.anomaly_map)
-    assert apply_thresholds(again, 0.5).extras.get("pixel_threshold") is None
+    assert redecide(again, Thresholds(0.5)).extras.get("pixel_threshold") is None
 
 
 @pytest.mark.parametrize("quantile", [-0.1, 1.5])

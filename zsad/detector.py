@@ -4,34 +4,35 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+import os
+from collections.abc import Iterable, Iterator
 
 import torch
 from PIL import Image
 
 from zsad.backbones import DEFAULT_BACKBONE, ClipBackbone, load_backbone
-from zsad.data.images import load_image
-from zsad.errors import BatchTooSmallError, UsageError
+from zsad.decisions import DEFAULT_GOOD_QUANTILE, DEFAULT_THRESHOLD, Thresholds
+from zsad.errors import ImageError, UsageError
 from zsad.methods import method_class
 from zsad.methods.base import Method
 from zsad.runtime import resolve_device, resolve_precision
-from zsad.scoring.postprocess import DEFAULT_THRESHOLD
 from zsad.types import AnomalyResult
 
 log = logging.getLogger(__name__)
 
-ImageLike = str | Path | Image.Image
+ImageLike = str | os.PathLike | Image.Image
 
 
 class Detector:
-    """A method bound to a backbone, a device and a precision; scores PIL images or image files."""
+    """A method bound to a backbone, a device, a precision and default thresholds; scores images through the
+    runner (:mod:`zsad.runner`), which decides whether a batch is scored jointly or image by image."""
 
-    def __init__(self, method: Method, *, batch_size: int = 8) -> None:
+    def __init__(self, method: Method, *, batch_size: int = 8, thresholds: Thresholds = Thresholds()) -> None:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         self.method = method
         self.batch_size = batch_size
+        self.thresholds = thresholds
 
     @property
     def backbone(self):
@@ -44,50 +45,57 @@ class Detector:
     def setup(self, class_name: str | None = None) -> None:
         self.method.setup(class_name)
 
-    def score(self, images: Iterable[ImageLike], *, class_name: str | None = None) -> list[AnomalyResult]:
-        """Score images (PIL or paths). A bad file raises :class:`ImageError` naming it."""
-        pil, paths = [], []
-        for item in images:
-            if isinstance(item, Image.Image):
-                pil.append(item.convert("RGB"))
-                paths.append(None)
-            else:
-                pil.append(load_image(item))
-                paths.append(str(item))
+    def runner(self, **options):
+        """A :class:`zsad.runner.Runner` over this detector (options: ``max_pixels``, ``thresholds``,
+        ``keep_images``)."""
+        from zsad.runner import Runner
+
+        return Runner(self, **options)
+
+    def stream(self, images: Iterable[ImageLike], *, group_by: str = "none", **options) -> Iterator:
+        """Outcomes (:class:`zsad.runner.Outcome`) one at a time, for large inputs: a bad file is an outcome with
+        ``error`` set, never an exception. Transductive methods score each group jointly."""
+        from zsad.runner import as_sources
+
+        return self.runner(**options).run(as_sources(images), group_by=group_by)
+
+    def thresholds_from_good(self, good_images: Iterable[ImageLike], quantile: float = DEFAULT_GOOD_QUANTILE):
+        """:class:`~zsad.decisions.GoodThresholds` from known-good images scored on their own (e.g. a category's
+        ``train/good``); pass them to :meth:`score` as ``thresholds=``. Independent methods only: transductive ones
+        score relative to their batch, so their good images must join it (``zsad score --threshold-from``)."""
+        from zsad.runner import GoodImages, as_sources
+
+        good = as_sources(good_images)
+        if not good:
+            raise UsageError("a threshold from good images needs at least one known-good image")
+        if self.method.transductive:
+            raise UsageError(f"method '{self.name}' scores relative to its batch, so good images scored alone give "
+                             f"no usable threshold; use `zsad score --threshold-from GOOD`, which scores them with "
+                             f"the batch")
+        return GoodImages(self.runner(), good, quantile).thresholds
+
+    def score(self, images: Iterable[ImageLike], *, class_name: str | None = None,
+              thresholds: Thresholds | None = None) -> list[AnomalyResult]:
+        """Score images (PIL or paths), all as one batch. A bad file raises :class:`ImageError` naming it; NaN or
+        inf in a method's numbers raises :class:`~zsad.errors.ScoreError`."""
+        from zsad.errors import ScoreError
+        from zsad.runner import as_sources
+
+        sources = as_sources(images)
         if class_name is not None:
             self.setup(class_name)
-        return self.score_images(pil, paths)
-
-    def score_images(self, images: Sequence[Image.Image], paths: Sequence[str | None]) -> list[AnomalyResult]:
-        """Score already-loaded RGB images; transductive methods see all of them at once."""
-        if not images:
-            return []
-        if self.method.transductive:
-            chunks = [self.extract_chunk(images[s:s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
-            return list(self.joint_results(chunks, [img.size for img in images], paths))
-        results: list[AnomalyResult] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            tensor = self.backbone.preprocess(chunk)
-            results.extend(self.method.score_tensors(tensor, [img.size for img in chunk],
-                                                     list(paths[start:start + self.batch_size])))
+        runner = self.runner(thresholds=thresholds)
+        for source in sources:  # every file is checked before any model work
+            if source.image is None:
+                runner.decode(source)
+        results = []
+        for outcome in runner.run(sources):
+            if outcome.error is not None:
+                if outcome.source.path is None:
+                    raise ScoreError(outcome.error)
+                raise ImageError(outcome.source.path, outcome.error)
+            results.append(outcome.result)
         return results
-
-    # Transductive methods: callers that must not keep every decoded image (the CLI, evaluation) extract features
-    # chunk by chunk, drop the images, and score the batch jointly at the end.
-    def extract_chunk(self, images: Sequence[Image.Image]):
-        """Features of a transductive method for one chunk of images."""
-        return self.method.extract(self.backbone.preprocess(images))
-
-    def joint_results(self, chunks: Sequence, sizes: Sequence[tuple[int, int]],
-                      paths: Sequence[str | None]) -> Iterator[AnomalyResult]:
-        """Score the images of all ``chunks`` jointly; results come one at a time, in order."""
-        if len(sizes) < self.method.min_batch:
-            raise BatchTooSmallError(
-                f"method '{self.name}' scores images against each other and needs at least "
-                f"{self.method.min_batch} images of one category, got {len(sizes)}; use --method clip for fewer images"
-            )
-        return self.method.results(self.method.combine(chunks), sizes, list(paths))
 
 
 def create(
@@ -108,9 +116,9 @@ def create(
 
     ``backbone`` is a name, or an already loaded :class:`ClipBackbone` to share between detectors (the demo keeps
     one per process); a shared backbone keeps its device and input size (``device``/``image_size`` are ignored).
+    ``threshold`` is the default decision threshold (image scores and map values); see :mod:`zsad.decisions`.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"threshold must be in [0, 1], got {threshold}")
+    thresholds = Thresholds(threshold)
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     cls = method_class(method)
@@ -135,7 +143,7 @@ def create(
         bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
                            pos_interpolation=cls.pos_interpolation, warn_random=warn_random)
     kwargs = {"config": config} if config is not None else {}
-    detector = Detector(cls(bb, dtype=dtype, threshold=threshold, **kwargs), batch_size=batch_size)
+    detector = Detector(cls(bb, dtype=dtype, **kwargs), batch_size=batch_size, thresholds=thresholds)
     detector.setup(class_name)
     return detector
 
@@ -144,3 +152,6 @@ def score(paths: Iterable[ImageLike], method: str = "clip", **kwargs) -> list[An
     """One-shot convenience: ``create(method, **kwargs).score(paths)``."""
     class_name = kwargs.pop("class_name", None)
     return create(method, **kwargs).score(paths, class_name=class_name)
+
+
+__all__ = ["Detector", "create", "score"]

@@ -39,3 +39,9 @@ class AdapterError(ZsadError):
 
 class BatchTooSmallError(UsageError):
     """A transductive method got fewer images than it needs."""
+
+
+class ScoreError(ZsadError):
+    """A method's numbers for one image cannot be decided on (NaN or inf); the run records it and goes on."""
+
+    exit_code = 1

@@ -2,24 +2,29 @@
 
 Layout of the output folder::
 
-    OUT/per_image/<category>.csv     path,label,score,defect_type,pred_defect_type (one row per test image)
-    OUT/categories/<category>.json   metrics, seconds and n_images of one category (the resume marker)
-    OUT/metrics.json                 {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds"}
+    OUT/per_image/<category>.csv     path,label,score,defect_type,pred_defect_type,error (one row per test image)
+    OUT/categories/<category>.json   metrics, seconds, n_images and n_failed of one category (the resume marker)
+    OUT/metrics.json                 {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds",
+                                      "n_failed"}
     OUT/metrics.md                   Markdown table: one row per category and a mean row
 
 Every file is written atomically (temporary file, then ``os.replace``), so an interrupted run leaves
-only finished categories behind and ``resume=True`` continues from there.
+only finished categories behind and ``resume=True`` continues from there. A test image that cannot be read (or
+whose numbers are NaN/inf) is a per-image row with ``error`` set: it is left out of the metrics and counted in
+``n_failed``. Each marker records the run's signature (:func:`run_signature`: the resolved data root, the format,
+the method and its options, the prompt file's contents, the adapter's settings and weights); resuming with another
+signature is refused with a message naming what changed.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -30,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zsad.errors import BatchTooSmallError, DatasetError, UsageError
-from zsad.fileio import atomic_write_text
+from zsad.fileio import atomic_write_text, read_json
 
 if TYPE_CHECKING:
 
     from zsad.data.datasets import Dataset, Sample
     from zsad.detector import Detector
-    from zsad.types import AnomalyResult
+    from zsad.runner import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ log = logging.getLogger(__name__)
 METRIC_KEYS: tuple[str, ...] = (
     "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro",
 )
-#: Config fields a resumed category must share with the current run.
+#: Config fields a resumed category must share with the current run (besides the data and file contents).
 _SIGNATURE_FIELDS: tuple[str, ...] = ("method", "backbone", "image_size", "aupro_variant", "method_options")
 
 
@@ -61,6 +66,7 @@ class EvaluateConfig:
     format: str = "auto"
     aupro_variant: str = "mvtec"
     resume: bool = False
+    overwrite: bool = False
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 8
@@ -69,15 +75,42 @@ class EvaluateConfig:
     #: fields of the method's config, as ``zsad.create(**method_options)`` takes them (e.g. ``adapter``, ``prompts``)
     method_options: dict[str, Any] = field(default_factory=dict)
 
-    def signature(self) -> dict[str, Any]:
-        """The settings that make two runs' numbers comparable; an adapter counts by its weights' SHA-256, so a
-        retrained adapter in the same folder is not mistaken for the old one on ``--resume``."""
-        found = {name: getattr(self, name) for name in _SIGNATURE_FIELDS}
-        adapter = self.method_options.get("adapter")
-        if adapter:
-            weights = Path(adapter) / "weights.safetensors"
-            found["adapter_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-        return found
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
+    """The settings that make two runs' numbers comparable: the resolved data root and detected format, the method,
+    backbone, input size, AUPRO variant and method options, the prompt file's contents, and the adapter's settings
+    (``adapter.json``) and weights — so an edited prompt file or a retrained adapter in the same folder is never
+    mistaken for the old one on ``--resume``."""
+    found: dict[str, Any] = {name: getattr(config, name) for name in _SIGNATURE_FIELDS}
+    found["method_options"] = {k: str(v) for k, v in sorted(config.method_options.items())}
+    found["data"] = str(Path(dataset.root).resolve())
+    found["format"] = dataset.format
+    prompts = config.method_options.get("prompts")
+    if prompts:
+        found["prompts_sha256"] = _sha256(Path(prompts))
+    adapter = config.method_options.get("adapter")
+    if adapter:
+        settings = Path(adapter) / "adapter.json"
+        found["adapter_settings"] = read_json(settings, UsageError, "adapter settings") if settings.is_file() else None
+        found["adapter_sha256"] = _sha256(Path(adapter) / "weights.safetensors")
+    return found
+
+
+def _changes(stored: dict[str, Any], current: dict[str, Any]) -> str:
+    """What differs between two signatures, in words: ``key: old -> new`` for each changed key."""
+    parts = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key, "(not recorded)"), current.get(key, "(not recorded)")
+        if old != new:
+            if key.endswith("sha256") or key == "adapter_settings":
+                parts.append(f"{key.replace('_sha256', '')} changed")
+            else:
+                parts.append(f"{key}: {old!r} -> {new!r}")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -85,7 +118,8 @@ class CategoryResult:
     """Metrics of one category; pixel metrics are None when its anomalous images have no masks.
 
     ``f1_thresholds`` holds the F1-optimal decision thresholds (``image``, and ``pixel`` with masks): what a
-    user with labels would set ``--threshold`` to for this category and method.
+    user with labels would set ``--threshold`` to for this category and method. ``n_failed`` test images could not
+    be scored and are not in the metrics.
     """
 
     category: str
@@ -93,41 +127,44 @@ class CategoryResult:
     seconds: float
     n_images: int
     f1_thresholds: dict[str, float] = field(default_factory=dict)
+    n_failed: int = 0
 
     def to_dict(self, signature: dict[str, Any]) -> dict[str, Any]:
         return {"category": self.category, "metrics": self.metrics, "f1_thresholds": self.f1_thresholds,
-                "seconds": self.seconds, "n_images": self.n_images, "config": signature}
+                "seconds": self.seconds, "n_images": self.n_images, "n_failed": self.n_failed, "config": signature}
 
 
 # --------------------------------------------------------------------------- files
 
 
-def _per_image_csv(samples: Sequence[Sample], results: Sequence[AnomalyResult]) -> str:
+def _per_image_csv(samples: Sequence[Sample], outcomes: Sequence[Outcome]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "score", "defect_type", "pred_defect_type"])
-    for sample, result in zip(samples, results):
-        writer.writerow([str(sample.image_path), sample.label, f"{result.image_score:.6f}", sample.defect_type,
-                         result.defect_type or ""])
+    writer.writerow(["path", "label", "score", "defect_type", "pred_defect_type", "error"])
+    for sample, outcome in zip(samples, outcomes):
+        result = outcome.result
+        writer.writerow([str(sample.image_path), sample.label, f"{result.image_score:.6f}" if result else "",
+                         sample.defect_type, (result.defect_type or "") if result else "", outcome.error or ""])
     return buffer.getvalue()
 
 
 def _load_done(path: Path, signature: dict[str, Any]) -> CategoryResult | None:
     """A finished category's result from its JSON file, or None when it must be computed (again); one written
-    with another ``signature`` (:meth:`EvaluateConfig.signature`) is a usage error."""
+    with another ``signature`` (:func:`run_signature`) is a usage error naming what changed."""
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         done = CategoryResult(record["category"], dict(record["metrics"]), float(record["seconds"]),
-                              int(record["n_images"]), dict(record.get("f1_thresholds", {})))
+                              int(record["n_images"]), dict(record.get("f1_thresholds", {})),
+                              int(record.get("n_failed", 0)))
         stored = record.get("config", {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s is unreadable (%s); evaluating that category again", path, exc)
         return None
     if stored != signature:
-        raise UsageError(f"cannot resume: {path} was written with {stored}, this run uses {signature}; "
-                         f"choose another --out or drop --resume")
+        raise UsageError(f"cannot resume: {path} was written with other settings ({_changes(stored, signature)}); "
+                         f"use --overwrite to start afresh, or another --out")
     return done
 
 
@@ -140,39 +177,33 @@ def _bar(total: int, desc: str, enabled: bool, unit: str = "img", leave: bool = 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, disable=not enabled)
 
 
-def _score_category(detector: Detector, category: str, samples: Sequence[Sample],
-                    batch_size: int, progress: bool) -> list[AnomalyResult]:
-    """Score one category's test images. Transductive methods score the whole category jointly
-    (features are extracted chunk by chunk, so decoded images are not all kept in memory)."""
-    from zsad.data.images import load_image
+def _score_category(detector: Detector, category: str, samples: Sequence[Sample], progress: bool) -> list[Outcome]:
+    """One outcome per test image, in order, through the runner (transductive methods score the category
+    jointly). An unreadable image is an error outcome and stays out of the joint batch."""
+    from zsad.runner import Source
 
-    method = detector.method
-    paths = [str(s.image_path) for s in samples]
+    sources = [Source.from_file(s.image_path) for s in samples]
+    by_key: dict[str, Outcome] = {}
     with _bar(len(samples), category, progress) as bar:
-        if method.transductive:
-            chunks, sizes = [], []
-            for start in range(0, len(samples), batch_size):
-                images = [load_image(s.image_path) for s in samples[start:start + batch_size]]
-                chunks.append(detector.extract_chunk(images))
-                sizes += [img.size for img in images]
-                bar.update(len(images))
-            try:
-                return list(detector.joint_results(chunks, sizes, paths))
-            except BatchTooSmallError as exc:
-                raise BatchTooSmallError(f"category '{category}': {exc}") from exc
-        results: list[AnomalyResult] = []
-        for start in range(0, len(samples), batch_size):
-            images = [load_image(s.image_path) for s in samples[start:start + batch_size]]
-            results.extend(detector.score_images(images, paths[start:start + batch_size]))
-            bar.update(len(images))
-        return results
+        try:
+            for outcome in detector.runner().run(sources, progress=bar.update):
+                by_key[outcome.source.key] = outcome
+        except BatchTooSmallError as exc:
+            raise BatchTooSmallError(f"category '{category}': {exc}") from exc
+    return [by_key[s.key] for s in sources]
 
 
-def _category_metrics(category: str, samples: Sequence[Sample], results: Sequence[AnomalyResult],
+def _category_metrics(category: str, samples: Sequence[Sample], outcomes: Sequence[Outcome],
                       aupro_variant: str) -> tuple[dict[str, float | None], dict[str, float]]:
-    """All metrics at each image's original resolution; pixel metrics only when every anomalous image has a mask."""
+    """All metrics at each image's original resolution over the scored images; pixel metrics only when every
+    anomalous image has a mask."""
     from zsad.data.datasets import load_mask
     from zsad.metrics import compute_all
+
+    pairs = [(s, o.result) for s, o in zip(samples, outcomes) if o.result is not None]
+    if not pairs:
+        raise DatasetError(f"category '{category}': none of its {len(samples)} test images could be scored")
+    samples, results = [s for s, _ in pairs], [r for _, r in pairs]
 
     scores = np.array([r.image_score for r in results], dtype=np.float64)
     labels = np.array([s.label for s in samples], dtype=np.int64)
@@ -242,6 +273,9 @@ def _check_config(config: EvaluateConfig) -> None:
         raise UsageError(f"batch size must be at least 1, got {config.batch_size}")
     if config.categories is not None and not config.categories:
         raise UsageError("no categories given; leave categories out to evaluate every category")
+    if config.resume and config.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: resume keeps finished categories, overwrite "
+                         "starts afresh")
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
@@ -255,7 +289,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     _check_config(config)
     dataset: Dataset = open_dataset(config.data, format=config.format, categories=config.categories)
     out = Path(config.out)
-    signature = config.signature()  # once: it hashes the adapter's weights
+    signature = run_signature(config, dataset)  # once: it hashes the adapter's weights
+    if config.overwrite:
+        for folder in ("categories", "per_image"):
+            shutil.rmtree(out / folder, ignore_errors=True)
     detector: Detector | None = None
     finished: list[CategoryResult] = []
     with _bar(len(dataset.categories), "categories", config.progress, unit="cat", leave=True) as bar:
@@ -276,11 +313,14 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                                        batch_size=config.batch_size, warn_random=False, **config.method_options)
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
             started = time.perf_counter()
-            results = _score_category(detector, category, samples, config.batch_size, config.progress)
+            outcomes = _score_category(detector, category, samples, config.progress)
             seconds = time.perf_counter() - started
-            metrics, thresholds = _category_metrics(category, samples, results, config.aupro_variant)
-            result = CategoryResult(category, metrics, seconds, len(samples), thresholds)
-            atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, results))
+            failed = [o for o in outcomes if o.error is not None]
+            for outcome in failed:
+                log.warning("category %s: %s: %s", category, outcome.source.label, outcome.error)
+            atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, outcomes))
+            metrics, thresholds = _category_metrics(category, samples, outcomes, config.aupro_variant)
+            result = CategoryResult(category, metrics, seconds, len(samples), thresholds, len(failed))
             atomic_write_text(marker, json.dumps(result.to_dict(signature), indent=2) + "\n")
             finished.append(result)
             bar.set_postfix(last=category)
@@ -292,60 +332,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "categories": {r.category: r.metrics for r in finished},
         "mean": _mean(finished),
         "f1_thresholds": {r.category: r.f1_thresholds for r in finished},
+        "n_failed": {r.category: r.n_failed for r in finished},
     }
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", metrics_markdown(summary))
     return summary
-
-
-def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` subcommand to the ``zsad`` command line."""
-    from zsad.backbones.names import DEFAULT_BACKBONE
-    from zsad.data.datasets import FORMATS
-    from zsad.methods import list_methods
-    from zsad.metrics.pro import AUPRO_VARIANTS
-
-    p = subparsers.add_parser("evaluate", help="benchmark a method on a dataset: image/pixel AUROC, AP, F1-max, AUPRO")
-    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (MVTec AD, VisA, MPDD, BTAD, ...)")
-    p.add_argument("--method", default="auto", choices=list_methods(), help="method to evaluate (default auto)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone (default {DEFAULT_BACKBONE})")
-    p.add_argument("--image-size", type=int, default=518, help="squash-resize size (default 518)")
-    p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
-    p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="dataset layout (default auto)")
-    p.add_argument("--out", default="zsad-eval", help="output folder (default zsad-eval)")
-    p.add_argument("--resume", action="store_true", help="reuse categories already finished in OUT")
-    p.add_argument("--aupro-variant", default="mvtec", choices=list(AUPRO_VARIANTS),
-                   help="AUPRO integration convention (default mvtec)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
-    p.add_argument("--adapter", default=None, help="a learned-prompt adapter folder (anomalyclip method)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_evaluate)
-    return p
-
-
-def _parse_categories(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if not names:
-        raise UsageError("--categories is empty; leave it out to evaluate every category")
-    return names
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``zsad evaluate``: run :func:`evaluate` and print the Markdown table to stdout."""
-    config = EvaluateConfig(
-        data=Path(args.data), out=Path(args.out), method=args.method, backbone=args.backbone,
-        image_size=args.image_size, categories=_parse_categories(args.categories), format=args.format,
-        aupro_variant=args.aupro_variant, resume=args.resume, device=args.device, precision=args.precision,
-        batch_size=args.batch_size, progress=not getattr(args, "quiet", False),
-        method_options={k: v for k, v in (("prompts", args.prompts), ("adapter", args.adapter)) if v},
-    )
-    summary = evaluate(config)
-    print(metrics_markdown(summary), end="")
-    print(f"zsad: wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
-    return 0

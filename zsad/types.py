@@ -41,6 +41,35 @@ class Region:
 
 
 @dataclass
+class RawOutput:
+    """What a method computes for one image, before any decision: no threshold, no label, no file path.
+
+    Attributes:
+        image_score: anomaly score; higher means more anomalous (probabilities in [0, 1] for every bundled method).
+        anomaly_map: ``H x W`` float32 at the image's original resolution.
+        method: name of the method that produced it.
+        defect_probs: probabilities over the defect vocabulary (empty when the method names no defect).
+        extras: method-specific numbers (e.g. the global and map scores before fusion).
+    """
+
+    image_score: float
+    anomaly_map: np.ndarray
+    method: str
+    defect_probs: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def problem(self) -> str | None:
+        """Why these numbers cannot be decided on (NaN or inf in the score or map), or None when they can."""
+        bad = [what for what, finite in (("image score", np.isfinite(self.image_score)),
+                                          ("anomaly map", bool(np.isfinite(self.anomaly_map).all())))
+               if not finite]
+        if not bad:
+            return None
+        return (f"the {' and '.join(bad)} of method '{self.method}' hold NaN or inf values (likely a low-precision "
+                f"overflow: try --precision fp32)")
+
+
+@dataclass
 class AnomalyResult:
     """What a detector says about one image.
 
@@ -56,6 +85,7 @@ class AnomalyResult:
         method: name of the method that produced the result.
         path: source file, when the image came from one.
         extras: method-specific values (e.g. the global and map scores before fusion).
+        raw: the undecided outputs it was made from, so it can be decided again with other thresholds.
     """
 
     image_score: float
@@ -69,6 +99,7 @@ class AnomalyResult:
     regions: list[Region] = field(default_factory=list)
     path: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    raw: RawOutput | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:

@@ -16,6 +16,7 @@ fused. Defect type: None (the learned prompts name no defect).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,7 @@ from zsad.backbones import ClipBackbone
 from zsad.errors import AdapterError
 from zsad.methods.base import Method
 from zsad.scoring.maps import gaussian_smooth, grid_to_image, to_original_size
-from zsad.scoring.postprocess import build_result
-from zsad.types import AnomalyResult
+from zsad.types import RawOutput
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ class AnomalyClipMethod(Method):
     pos_interpolation = "bilinear"  # the official code resizes position embeddings bilinearly
     config_class = AnomalyClipConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, threshold: float,
-                 config: AnomalyClipConfig | None = None) -> None:
-        super().__init__(backbone, dtype=dtype, threshold=threshold)
+    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: AnomalyClipConfig | None = None) -> None:
+        super().__init__(backbone, dtype=dtype)
         self.config = config or AnomalyClipConfig()
         if not self.config.adapter:
             raise AdapterError(NEEDS_ADAPTER.format(backbone=backbone.spec.name))
@@ -85,15 +84,18 @@ class AnomalyClipMethod(Method):
         return gaussian_smooth(grid_to_image(patch_probs, size), self.config.sigma_at_518 * size / 518)
 
     @torch.inference_mode()
-    def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
-        global_prob, patch = self.evidence(images)
-        maps = self.maps_at_input_size(patch)
-        results = []
-        for i, (size, path) in enumerate(zip(sizes, paths)):
-            amap = maps[i]
-            results.append(build_result(
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.evidence(images)
+
+    @staticmethod
+    def combine(chunks: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([g for g, _ in chunks]), torch.cat([p for _, p in chunks])
+
+    def raw(self, features: tuple[torch.Tensor, torch.Tensor], sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        global_prob, patch = features
+        for i, size in enumerate(sizes):
+            amap = self.maps_at_input_size(patch[i][None])[0]
+            yield RawOutput(
                 image_score=float(global_prob[i]), anomaly_map=to_original_size(amap[None], [size])[0],
-                threshold=self.threshold, method=self.name, path=path,
-                extras={"global_score": float(global_prob[i]), "map_max": float(amap.max())},
-            ))
-        return results
+                method=self.name, extras={"global_score": float(global_prob[i]), "map_max": float(amap.max())},
+            )

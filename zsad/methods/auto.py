@@ -16,11 +16,10 @@ import torch
 
 from zsad.backbones import ClipBackbone
 from zsad.methods.base import Method
-from zsad.methods.clip import ClipConfig, ClipEvidence, ClipMethod
+from zsad.methods.clip import ClipConfig, ClipEvidence, ClipMethod, concat_evidence
 from zsad.methods.musc import MIN_IMAGES, MuscConfig, MuscFeatures, MuscMethod, concat_features
 from zsad.scoring.maps import grid_to_image, to_original_size
-from zsad.scoring.postprocess import build_result
-from zsad.types import AnomalyResult
+from zsad.types import RawOutput
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,7 @@ class AutoConfig:
     musc_weight: float = 0.75
     prompts: str | None = None  # passed to the clip part
     reference_size: int | None = None  # passed to the MuSc part
+    msm_precision: str = "fp32"  # passed to the MuSc part
     progress: bool = False
 
 
@@ -47,17 +47,17 @@ class AutoMethod(Method):
     transductive = True
     config_class = AutoConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, threshold: float,
-                 config: AutoConfig | None = None) -> None:
-        super().__init__(backbone, dtype=dtype, threshold=threshold)
+    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: AutoConfig | None = None) -> None:
+        super().__init__(backbone, dtype=dtype)
         self.config = config or AutoConfig()
         if not 0.0 <= self.config.musc_weight <= 1.0:
             from zsad.errors import UsageError
 
             raise UsageError(f"musc_weight must be in [0, 1], got {self.config.musc_weight}")
-        self.clip = ClipMethod(backbone, dtype=dtype, threshold=threshold, config=ClipConfig(prompts=self.config.prompts))
-        self.musc = MuscMethod(backbone, dtype=dtype, threshold=threshold,
+        self.clip = ClipMethod(backbone, dtype=dtype, config=ClipConfig(prompts=self.config.prompts))
+        self.musc = MuscMethod(backbone, dtype=dtype,
                                config=MuscConfig(reference_size=self.config.reference_size,
+                                                 msm_precision=self.config.msm_precision,
                                                  progress=self.config.progress))
 
     def setup(self, class_name: str | None = None) -> None:
@@ -71,19 +71,15 @@ class AutoMethod(Method):
 
     @staticmethod
     def combine(chunks: Sequence[AutoFeatures]) -> AutoFeatures:
-        clip = ClipEvidence(
-            patch_probs=torch.cat([c.clip.patch_probs for c in chunks]),
-            global_prob=torch.cat([c.clip.global_prob for c in chunks]),
-            defect_probs=[p for c in chunks for p in c.clip.defect_probs],
-        )
-        return AutoFeatures(musc=concat_features([c.musc for c in chunks]), clip=clip)
+        return AutoFeatures(musc=concat_features([c.musc for c in chunks]),
+                            clip=concat_evidence([c.clip for c in chunks]))
 
-    def results(self, feats: AutoFeatures, sizes: Sequence[tuple[int, int]],
-                paths: Sequence[str | None]) -> Iterator[AnomalyResult]:
+    def raw(self, features: AutoFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        feats = features
         n = len(sizes)
         if n < MIN_IMAGES:
-            for i, (orig, path) in enumerate(zip(sizes, paths)):
-                yield self.clip.result(feats.clip, i, orig, path, method=self.name, extras={"used": "clip"})
+            for i, orig in enumerate(sizes):
+                yield self.clip.raw_one(feats.clip, i, orig, method=self.name, extras={"used": "clip"})
             return
         w = self.config.musc_weight
         size = self.backbone.image_size
@@ -98,15 +94,12 @@ class AutoMethod(Method):
         clip_norm = _minmax(torch.tensor(clip_scores))
         musc_norm = _minmax(musc_scores)
         m_span, c_span = float(m_hi - m_lo) or 1.0, (c_hi - c_lo) or 1.0
-        for i, (orig, path) in enumerate(zip(sizes, paths)):
+        for i, orig in enumerate(sizes):
             musc_map = (grid_to_image(musc_patch[i][None], size, align_corners=True) - m_lo) / m_span
             clip_map = (self.clip.maps_at_input_size(feats.clip.patch_probs[i][None]) - c_lo) / c_span
             fused_map = w * musc_map + (1 - w) * clip_map
             score = w * float(musc_norm[i]) + (1 - w) * float(clip_norm[i])
-            yield build_result(image_score=score, anomaly_map=to_original_size(fused_map, [orig])[0],
-                               threshold=self.threshold, method=self.name, defect_probs=feats.clip.defect_probs[i],
-                               path=path, extras={"used": "musc+clip", "musc_score": float(musc_norm[i]),
-                                                  "clip_score": float(clip_norm[i])})
-
-    def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
-        return list(self.results(self.extract(images), sizes, paths))
+            yield RawOutput(image_score=score, anomaly_map=to_original_size(fused_map, [orig])[0], method=self.name,
+                            defect_probs=feats.clip.defect_probs[i],
+                            extras={"used": "musc+clip", "musc_score": float(musc_norm[i]),
+                                    "clip_score": float(clip_norm[i])})

@@ -1,38 +1,44 @@
-"""What every method is: a frozen-backbone ``nn.Module`` that turns preprocessed images into results."""
+"""What every method is: a frozen-backbone ``nn.Module`` that turns preprocessed images into raw outputs.
+
+Every method works in the same three steps, so the runner can stream chunks of images and decide in one place
+whether a batch is scored jointly or image by image:
+
+    extract(chunk) -> features;  combine([features, ...]) -> features;  raw(features, sizes) -> RawOutput, ...
+
+Independent methods (clip, anomalyclip) call ``raw`` chunk by chunk; transductive ones (musc, auto) combine the
+features of a whole group first. Methods return no labels, masks or thresholds (see :mod:`zsad.decisions`) and
+know nothing about files.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from zsad.backbones import ClipBackbone
-from zsad.types import AnomalyResult
+from zsad.types import RawOutput
 
 
 class Method(nn.Module):
-    """Base of the scoring methods.
-
-    Subclasses set ``name``, may raise ``min_batch`` (transductive methods score a batch jointly), and
-    implement :meth:`score_tensors`. Device and compute dtype are given, never guessed.
-    """
+    """Base of the scoring methods. Device and compute dtype are given, never guessed."""
 
     name: ClassVar[str] = ""
+    #: Fewest images a joint batch needs (transductive methods).
     min_batch: ClassVar[int] = 1
-    #: True when images are scored jointly, so the whole batch must be passed at once.
+    #: True when images are scored jointly, so a group's features must all be extracted before ``raw``.
     transductive: ClassVar[bool] = False
     #: Position-embedding interpolation this method was published with.
     pos_interpolation: ClassVar[str] = "bicubic"
     #: Frozen dataclass of the method's options (``create(**options)`` fills it), or None.
     config_class: ClassVar[type | None] = None
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, threshold: float) -> None:
+    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype) -> None:
         super().__init__()
         self.backbone = backbone
         self.dtype = dtype
-        self.threshold = threshold
         self.class_name = "object"
 
     @property
@@ -43,21 +49,15 @@ class Method(nn.Module):
         """Prepare for a category (e.g. text embeddings); ``None`` means the generic word "object"."""
         self.class_name = (class_name or "object").strip() or "object"
 
-    def score_tensors(
-        self, images: torch.Tensor, sizes: Sequence[tuple[int, int]], paths: Sequence[str | None]
-    ) -> list[AnomalyResult]:
-        """Score ``[B, 3, S, S]`` preprocessed images whose original ``(width, height)`` are ``sizes``."""
+    def extract(self, images: torch.Tensor) -> Any:
+        """Features of ``[B, 3, S, S]`` preprocessed images, on the host (small enough to keep per image)."""
         raise NotImplementedError
-
-    # Transductive methods score a batch jointly in three steps, so features of thousands of images can be
-    # extracted chunk by chunk and full-size maps are produced one at a time:
-    #   extract(chunk) -> features;  combine([features, ...]) -> features;  results(features, sizes, paths)
-    def extract(self, images: torch.Tensor):
-        raise NotImplementedError(f"method '{self.name}' is not transductive")
 
     @staticmethod
-    def combine(chunks: Sequence):
+    def combine(chunks: Sequence[Any]) -> Any:
+        """The features of several chunks as one, in order."""
         raise NotImplementedError
 
-    def results(self, features, sizes: Sequence[tuple[int, int]], paths: Sequence[str | None]):
+    def raw(self, features: Any, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        """One :class:`RawOutput` per image of ``features``, in order; ``sizes`` are the originals' (width, height)."""
         raise NotImplementedError

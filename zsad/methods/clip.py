@@ -13,7 +13,7 @@ global term keeps image-level evidence (the FAPrompt / AdaCLIP-style fusion; Ano
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +24,7 @@ from zsad.methods.base import Method
 from zsad.prompts import PromptBank, load_prompt_bank
 from zsad.runtime import autocast
 from zsad.scoring.maps import gaussian_smooth, grid_to_image, to_original_size
-from zsad.scoring.postprocess import build_result
-from zsad.types import AnomalyResult
+from zsad.types import RawOutput
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,12 @@ class ClipEvidence:
     defect_probs: list[dict[str, float]]
 
 
+def concat_evidence(chunks: Sequence[ClipEvidence]) -> ClipEvidence:
+    return ClipEvidence(patch_probs=torch.cat([c.patch_probs for c in chunks]),
+                        global_prob=torch.cat([c.global_prob for c in chunks]),
+                        defect_probs=[p for c in chunks for p in c.defect_probs])
+
+
 def ensemble_embedding(backbone: ClipBackbone, sentences: Sequence[str]) -> torch.Tensor:
     """Mean of L2-normalised sentence embeddings, renormalised: ``[D]``."""
     emb = F.normalize(backbone.encode_text(sentences), dim=-1)
@@ -60,9 +65,8 @@ class ClipMethod(Method):
     name = "clip"
     config_class = ClipConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, threshold: float,
-                 config: ClipConfig | None = None) -> None:
-        super().__init__(backbone, dtype=dtype, threshold=threshold)
+    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: ClipConfig | None = None) -> None:
+        super().__init__(backbone, dtype=dtype)
         self.config = config or ClipConfig()
         self.bank: PromptBank = load_prompt_bank(self.config.prompts)
         self.layers = list(self.config.layers) if self.config.layers else backbone.default_layers(4)
@@ -119,20 +123,25 @@ class ClipMethod(Method):
         """The image score rule of the module doc: ``0.5 * (global + map max)``."""
         return 0.5 * (global_prob + map_max)
 
-    def result(self, ev: ClipEvidence, index: int, size: tuple[int, int], path: str | None, *,
-               method: str | None = None, extras: dict | None = None) -> AnomalyResult:
-        """The result of image ``index`` of ``ev``: its map, and the fused score ``0.5 * (global + map max)``."""
+    def raw_one(self, ev: ClipEvidence, index: int, size: tuple[int, int], *, method: str | None = None,
+                extras: dict | None = None) -> RawOutput:
+        """Image ``index`` of ``ev``: its map, and the fused score ``0.5 * (global + map max)``."""
         amap = self.maps_at_input_size(ev.patch_probs[index][None])
         global_prob, map_max = float(ev.global_prob[index]), float(amap.max())
-        return build_result(
+        return RawOutput(
             image_score=self.image_score(global_prob, map_max), anomaly_map=to_original_size(amap, [size])[0],
-            threshold=self.threshold, method=method or self.name, defect_probs=ev.defect_probs[index], path=path,
+            method=method or self.name, defect_probs=ev.defect_probs[index],
             extras={"global_score": global_prob, "map_max": map_max, **(extras or {})},
         )
 
     @torch.inference_mode()
-    def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
+    def extract(self, images: torch.Tensor) -> ClipEvidence:
         if self.class_name not in self._state_text:
             self.setup(self.class_name)
-        ev = self.evidence(self.run_backbone(images))
-        return [self.result(ev, i, size, path) for i, (size, path) in enumerate(zip(sizes, paths))]
+        return self.evidence(self.run_backbone(images))
+
+    combine = staticmethod(concat_evidence)
+
+    def raw(self, features: ClipEvidence, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        for i, size in enumerate(sizes):
+            yield self.raw_one(features, i, size)

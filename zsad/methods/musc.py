@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from zsad.backbones import ClipBackbone, TokenOutput
-from zsad.errors import BatchTooSmallError
+from zsad.errors import BatchTooSmallError, UsageError
 from zsad.methods.base import Method
 from zsad.runtime import autocast
 from zsad.scoring.maps import grid_to_image, to_original_size
 from zsad.scoring.mutual import lnamd, musc_patch_scores, mutual_scores, mutual_scores_reference, rscin
-from zsad.scoring.postprocess import build_result
-from zsad.types import AnomalyResult
+from zsad.types import RawOutput
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,9 @@ class MuscConfig:
     seed: int = 0
     rscin_ks: tuple[int, ...] = (1, 2, 3)  # MVTec/BTAD setting; VisA uses (1, 8, 9)
     storage: str = "auto"  # host storage of tokens: fp16 on CUDA, fp32 on CPU ("fp16" / "fp32" to force)
+    # storage of the LNAMD features during MSM: "fp16" halves their memory and, on CUDA, screens the pair products
+    # on tensor cores with exact fp32 re-scoring of the winners (about 1e-3 from fp32: the storage rounding)
+    msm_precision: str = "fp32"
     progress: bool = False
 
 
@@ -77,10 +79,11 @@ class MuscMethod(Method):
     pos_interpolation = "bicubic"
     config_class = MuscConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, threshold: float,
-                 config: MuscConfig | None = None) -> None:
-        super().__init__(backbone, dtype=dtype, threshold=threshold)
+    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: MuscConfig | None = None) -> None:
+        super().__init__(backbone, dtype=dtype)
         self.config = config or MuscConfig()
+        if self.config.msm_precision not in ("fp32", "fp16"):
+            raise UsageError(f"msm_precision must be fp32 or fp16, got {self.config.msm_precision!r}")
         self.layers = list(self.config.layers) if self.config.layers else backbone.default_layers(4)
         storage = self.config.storage
         if storage == "auto":
@@ -114,7 +117,8 @@ class MuscMethod(Method):
                         "max_exact_images to change)", n, self.config.max_exact_images)
         return musc_patch_scores(feats.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
                                  block=self.config.block, reference_size=reference_size, device=self.device,
-                                 progress=self.config.progress, seed=self.config.seed)
+                                 progress=self.config.progress, seed=self.config.seed,
+                                 z_dtype=torch.float16 if self.config.msm_precision == "fp16" else torch.float32)
 
     def image_scores(self, patch_scores: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image score = max of each upsampled map, re-scored by RsCIN (in [0, 1]); also returns the batch's
@@ -127,17 +131,13 @@ class MuscMethod(Method):
         raw = torch.stack(maxima)
         return rscin(raw, pooled, ks=self.config.rscin_ks), torch.stack([torch.stack(minima).min(), raw.max()])
 
-    def results(self, feats: MuscFeatures, sizes: Sequence[tuple[int, int]],
-                paths: Sequence[str | None]) -> Iterator[AnomalyResult]:
-        """Score the whole batch jointly, then yield one result at a time (full-size maps are not all kept)."""
-        patch = self.patch_scores(feats)
-        scores, (lo, hi) = self.image_scores(patch, feats.pooled)
+    def raw(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        """Score the whole batch jointly, then yield one output at a time (full-size maps are not all kept)."""
+        patch = self.patch_scores(features)
+        scores, (lo, hi) = self.image_scores(patch, features.pooled)
         span = float(hi - lo) or 1.0
-        for i, (size, path) in enumerate(zip(sizes, paths)):
+        for i, size in enumerate(sizes):
             up = grid_to_image(patch[i][None], self.backbone.image_size, align_corners=True)
             amap = to_original_size((up - lo) / span, [size])[0]
-            yield build_result(image_score=float(scores[i]), anomaly_map=amap, threshold=self.threshold,
-                               method=self.name, path=path, extras={"map_max_raw": float(up.max())})
-
-    def score_tensors(self, images, sizes, paths) -> list[AnomalyResult]:
-        return list(self.results(self.extract(images), sizes, paths))
+            yield RawOutput(image_score=float(scores[i]), anomaly_map=amap, method=self.name,
+                            extras={"map_max_raw": float(up.max())})

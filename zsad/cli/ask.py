@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from zsad.cli.options import add_model_options, warn_random_weights
 from zsad.errors import UsageError
 
 #: adapter kinds and where ``--adapter`` routes them
@@ -13,8 +14,7 @@ DETECTOR_ADAPTER_KINDS = ("anomalyclip-prompts",)
 LVLM_ADAPTER_KINDS = ("lvlm-lora",)
 
 
-def add_ask_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from zsad.cli import _add_model_options
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from zsad.methods import list_methods
 
     p = subparsers.add_parser("ask", help='answer a question about one image: "is there a defect? where? what kind?"')
@@ -22,7 +22,7 @@ def add_ask_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("question", nargs="+", help="the question (quote it, or give it as several words)")
     p.add_argument("--method", default="clip", choices=[m for m in list_methods() if m not in ("musc", "auto")],
                    help="scoring method for a single image (default clip)")
-    _add_model_options(p, adapter=False)
+    add_model_options(p, adapter=False)
     p.add_argument("--adapter", action="append", default=[], metavar="DIR",
                    help="adapter folder, repeatable; its kind routes it: learned prompts go to the detector "
                         "(use with --method anomalyclip), a LoRA dialogue adapter to the LVLM")
@@ -30,7 +30,7 @@ def add_ask_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                    help="answer with a vision-language model (Hugging Face id or local folder, e.g. "
                         "HuggingFaceTB/SmolVLM-256M-Instruct); without it, grounded rule-based answers")
     p.add_argument("--json", action="store_true", help="print the evidence and the answer as JSON")
-    p.set_defaults(func=cmd_ask)
+    p.set_defaults(func=run)
     return p
 
 
@@ -80,10 +80,11 @@ def _responder(args: argparse.Namespace, lvlm_adapter: str | None):
     return None
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import zsad
     from zsad.data.images import load_image
     from zsad.dialogue import Conversation
+    from zsad.runner import Source, identity
 
     question = " ".join(args.question).strip()
     if not question:
@@ -100,10 +101,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     detector = zsad.create(args.method, backbone=args.backbone, device=args.device, precision=args.precision,
                            image_size=args.image_size, threshold=args.threshold, class_name=args.class_name,
                            cache_dir=args.cache_dir, warn_random=False, **options)
-    if detector.backbone.random_weights:
-        print(f"zsad: WARNING: backbone '{args.backbone}' has random weights: the answer is meaningless "
-              f"(fine for tests and smoke runs)", file=sys.stderr)
-    result = detector.score_images([image], [args.image])[0]
+    warn_random_weights(detector.backbone, args.backbone, "the answer is meaningless")
+    result = detector.score([Source(key=identity(args.image), path=args.image, image=image)])[0]
     responder = _responder(args, lvlm_adapter)
     conversation = Conversation.from_result(result, image, class_name=args.class_name or "object",
                                             responder=responder)

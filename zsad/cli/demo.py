@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
+from zsad.cli.options import add_model_options, warn_random_weights
 from zsad.errors import UsageError
 
 
@@ -36,11 +37,9 @@ def load_demo_module() -> ModuleType:
     return module
 
 
-def add_demo_parser(sub) -> None:
-    from zsad.cli import _add_model_options
-
+def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="web page: upload images, see heat maps and masks, ask about a defect")
-    _add_model_options(p)
+    add_model_options(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 serves your network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -49,10 +48,10 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--lvlm-adapter", default=None, metavar="DIR", help="a LoRA adapter folder for --lvlm")
     p.add_argument("--max-files", type=int, default=32, help="images per run (default 32)")
     p.add_argument("--max-file-mb", type=int, default=20, help="size limit of one uploaded file in MB (default 20)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=run)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.lvlm_adapter and not args.lvlm:
         raise UsageError("--lvlm-adapter needs --lvlm MODEL")
     if not 0 < args.port < 65536:
@@ -68,9 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     app = module.DemoApp(config)
     try:
         app.warm_up()
-        if app.random_weights:
-            print(f"zsad: WARNING: backbone '{args.backbone}' has random weights: scores are meaningless "
-                  f"(fine for tests and smoke runs; use real weights for inspection)", file=sys.stderr)
+        warn_random_weights(app, args.backbone)  # the app knows it once the backbone is loaded
         print(f"zsad: demo on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr, flush=True)
         app.launch(args.host, args.port, block=True, quiet=True)
     finally:

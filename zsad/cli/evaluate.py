@@ -1,0 +1,59 @@
+"""``zsad evaluate``: benchmark a method on a labelled dataset (see :mod:`zsad.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zsad.cli.options import add_device_options, add_msm_option, method_options, parse_categories
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from zsad.backbones.names import DEFAULT_BACKBONE
+    from zsad.data.datasets import FORMATS
+    from zsad.methods import list_methods
+    from zsad.metrics.pro import AUPRO_VARIANTS
+
+    p = sub.add_parser("evaluate", help="benchmark a method on a dataset: image/pixel AUROC, AP, F1-max, AUPRO")
+    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (MVTec AD, VisA, MPDD, BTAD, ...)")
+    p.add_argument("--method", default="auto", choices=list_methods(), help="method to evaluate (default auto)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone (default {DEFAULT_BACKBONE})")
+    p.add_argument("--image-size", type=int, default=518, help="squash-resize size (default 518)")
+    p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="dataset layout (default auto)")
+    p.add_argument("--out", default="zsad-eval", help="output folder (default zsad-eval)")
+    p.add_argument("--resume", action="store_true", help="reuse categories already finished in OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh: drop the finished categories in OUT (e.g. after changing settings)")
+    p.add_argument("--aupro-variant", default="mvtec", choices=list(AUPRO_VARIANTS),
+                   help="AUPRO integration convention (default mvtec)")
+    add_device_options(p)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
+    p.add_argument("--adapter", default=None, help="a learned-prompt adapter folder (anomalyclip method)")
+    add_msm_option(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`zsad.evaluate.evaluate` and print the Markdown table to stdout."""
+    from zsad.evaluate import EvaluateConfig, evaluate, metrics_markdown
+
+    options = method_options(args, args.method)
+    options.pop("progress", None)  # evaluation has its own bars
+    config = EvaluateConfig(
+        data=Path(args.data), out=Path(args.out), method=args.method, backbone=args.backbone,
+        image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
+        aupro_variant=args.aupro_variant, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, progress=not args.quiet, method_options=options,
+    )
+    summary = evaluate(config)
+    print(metrics_markdown(summary), end="")
+    failed = sum((summary.get("n_failed") or {}).values())
+    if failed:
+        print(f"zsad: {failed} test images could not be scored and are left out of the metrics (see "
+              f"{Path(args.out) / 'per_image'})", file=sys.stderr)
+    print(f"zsad: wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,23 @@
+"""``zsad models``: the registered methods and the known backbones."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list methods and backbones")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from zsad.backbones import KNOWN_BACKBONES
+    from zsad.methods import METHODS
+
+    print("methods:")
+    for name, (_, _, description) in METHODS.items():
+        print(f"  {name:14s} {description}")
+    print("backbones (any open_clip ViT ARCH:TAG works too; see open_clip.list_pretrained()):")
+    for name, description in KNOWN_BACKBONES:
+        print(f"  {name:34s} {description}")
+    return 0

@@ -1,0 +1,72 @@
+"""Flags and checks shared by the ``zsad`` commands: model options, method options, categories, warnings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zsad.errors import UsageError
+
+
+def add_model_options(p: argparse.ArgumentParser, *, adapter: bool = True) -> None:
+    """Backbone, device, precision, sizes, threshold and prompt options of every scoring command."""
+    from zsad.backbones.names import DEFAULT_BACKBONE
+
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"ARCH:TAG, ARCH:random, ARCH:/path/to/weights, hf-hub:ORG/REPO or tiny-random "
+                        f"(default {DEFAULT_BACKBONE})")
+    p.add_argument("--class-name", default=None, help='what the images show, e.g. "bottle" (default "object")')
+    add_device_options(p)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--image-size", type=int, default=518, help="squash-resize size, a multiple of the patch size")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="decision threshold on image scores and map values, in [0, 1] (default 0.5)")
+    p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
+    if adapter:
+        p.add_argument("--adapter", default=None,
+                       help="a learned-prompt adapter folder (anomalyclip method; see adapters/README.md)")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for weights")
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="compute precision (default: fp16 on CUDA, fp32 on CPU)")
+
+
+def add_msm_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--msm-precision", default="fp32", choices=["fp32", "fp16"],
+                   help="musc/auto: storage of the mutual-scoring features; fp16 halves their memory and on CUDA "
+                        "screens pair products on tensor cores with exact fp32 re-scoring (default fp32)")
+
+
+def method_options(args: argparse.Namespace, method: str) -> dict:
+    """CLI flags that map onto fields of the chosen method's config (only the ones the user set)."""
+    options = {}
+    if getattr(args, "prompts", None):
+        options["prompts"] = args.prompts
+    if getattr(args, "adapter", None):
+        options["adapter"] = args.adapter
+    if method in ("musc", "auto"):
+        if getattr(args, "msm_precision", "fp32") != "fp32":
+            options["msm_precision"] = args.msm_precision
+        if not getattr(args, "quiet", True) and sys.stderr.isatty():
+            options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches (not in logs)
+    return options
+
+
+def warn_random_weights(model, name: str, what: str = "scores are meaningless") -> None:
+    """The one warning that a run's numbers come from random weights (``model.random_weights``)."""
+    if getattr(model, "random_weights", False):
+        print(f"zsad: WARNING: backbone '{name}' has random weights: {what} "
+              f"(fine for tests and smoke runs; use real weights for inspection)", file=sys.stderr)
+
+
+def parse_categories(text: str | None) -> tuple[str, ...] | None:
+    """``a,b`` -> ("a", "b"); None stays None (every category); an empty list is a usage error."""
+    if text is None:
+        return None
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise UsageError("--categories is empty; leave it out to use every category")
+    return names

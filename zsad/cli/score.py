@@ -1,0 +1,92 @@
+"""``zsad score``: a folder of images -> results.csv, results.jsonl and overlays, through the runner."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from zsad.cli.options import add_model_options, add_msm_option, method_options, warn_random_weights
+from zsad.errors import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from zsad.methods import list_methods
+    from zsad.runner import GROUP_BY
+
+    p = sub.add_parser("score", help="score images: per-image score, anomaly map, mask, defect type")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    p.add_argument("--method", default="auto", choices=list_methods(),
+                   help="auto (default): MuSc fused with clip for >= 5 images, clip alone otherwise")
+    p.add_argument("--group-by", default="none", choices=list(GROUP_BY),
+                   help="folder: score each real parent folder as its own category (matters for musc/auto)")
+    add_model_options(p)
+    add_msm_option(p)
+    p.add_argument("--out", default="zsad-results", help="output folder (default zsad-results)")
+    p.add_argument("--resume", action="store_true", help="skip images that already have a row in OUT/results.csv")
+    p.add_argument("--no-maps", action="store_true", help="do not write heat-map overlays")
+    p.add_argument("--max-pixels", type=int, default=None, help="refuse images larger than this many pixels")
+    p.add_argument("--threshold-from", default=None, metavar="GOOD",
+                   help="images known to be good (folder, files or glob): decide with thresholds taken from "
+                        "their scores instead of --threshold (see README, 'Thresholds without defect examples')")
+    p.add_argument("--good-quantile", type=float, default=0.99,
+                   help="with --threshold-from: the quantile of the good scores used as threshold (default 0.99)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _report(where: str, thresholds) -> None:
+    print(f"zsad: {thresholds.describe()}{' for group ' + repr(where) if where else ''}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    import zsad
+    from zsad.cli import EXIT_OK, EXIT_SOME_FAILED
+    from zsad.data.images import DEFAULT_MAX_PIXELS
+    from zsad.outputs import ResultWriter, common_folder
+    from zsad.runner import sources_from_inputs
+
+    started = time.perf_counter()
+    if not 0.0 <= args.good_quantile <= 1.0:
+        raise UsageError(f"--good-quantile must be in [0, 1], got {args.good_quantile}")
+    sources = sources_from_inputs(args.inputs)
+    good_sources = sources_from_inputs([args.threshold_from]) if args.threshold_from else None
+    detector = zsad.create(
+        args.method, backbone=args.backbone, device=args.device, precision=args.precision,
+        image_size=args.image_size, batch_size=args.batch_size, threshold=args.threshold,
+        class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False,
+        **method_options(args, args.method),
+    )
+    warn_random_weights(detector.backbone, args.backbone)
+    runner = detector.runner(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, keep_images=not args.no_maps)
+    runner.on_thresholds = _report
+    scored = anomalous = failed = 0
+    with ResultWriter(args.out, resume=args.resume, save_maps=not args.no_maps,
+                      map_root=common_folder(s.key for s in sources)) as writer:
+        pending = sum(1 for s in sources if s.key not in writer.done)
+        if args.resume and pending < len(sources):
+            print(f"zsad: resuming: {len(sources) - pending} images already done", file=sys.stderr)
+        if good_sources is not None and pending:
+            try:
+                runner.use_good_images(good_sources, args.good_quantile)
+            except UsageError as exc:
+                raise UsageError(f"--threshold-from {args.threshold_from}: {exc}") from None
+        with tqdm(total=pending, unit="img", file=sys.stderr, disable=args.quiet or None) as bar:
+            for outcome in runner.run(sources, group_by=args.group_by, done=writer.done, progress=bar.update):
+                source = outcome.source
+                if outcome.ok:
+                    writer.write(source.key, outcome.result, outcome.image)
+                    scored += 1
+                    anomalous += int(outcome.result.pred_label)
+                else:
+                    print(f"zsad: WARNING: {source.label}: {outcome.error}", file=sys.stderr)
+                    writer.write_error(source.key, source.label, outcome.error)
+                    failed += 1
+        errors = sum(1 for s in sources if not writer.done.get(s.key, False))
+    seconds = time.perf_counter() - started
+    print(f"zsad: {scored + failed} images: {scored} scored, {anomalous} anomalous, {failed} failed, {seconds:.1f} s "
+          f"-> {args.out}" + (f"; {errors} of {len(sources)} inputs have an error row" if errors else ""),
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if errors else EXIT_OK

@@ -1,0 +1,351 @@
+"""The one scoring runner: inputs -> decode once -> method -> raw outputs -> decision -> outcomes.
+
+Every front end uses it: ``zsad score`` and ``zsad evaluate`` (through their sinks), the demo, ``--threshold-from``
+and the Python API (``Detector.score`` / ``Detector.stream``). It is the single place that knows about chunks,
+groups, good images and resume:
+
+- **Identity.** An input's identity (``Source.key``) is its resolved real path; the path as the user spelled it is
+  kept for rows. Keys in ``done`` (a resumed run's finished rows, scored or failed) are never reported again.
+- **Joint or independent, decided once** (:meth:`Runner.run`): transductive methods (musc, auto) score each group
+  jointly — features chunk by chunk, then one joint pass — and independent ones (clip, anomalyclip) chunk by chunk.
+- **Groups.** ``group_by="folder"`` groups by the real parent folder, so two inputs' same-named subfolders never mix.
+- **Good images** (:class:`GoodImages`) set the thresholds: scored once for independent methods, joined to every
+  group for transductive ones (whose scores are batch-relative); a good image that is also an input joins once.
+- **Decode once.** Each image is decoded once; with ``keep_images`` the decoded pixels ride along with the outcome
+  (for overlays). Transductive groups keep them in memory up to a budget and spill the rest to raw-pixel files in a
+  temporary folder (no second decode).
+- **Bad input never stops the run**: an unreadable file, or NaN/inf in a method's numbers, is an error outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from zsad.data.images import DEFAULT_MAX_PIXELS, InputImage, discover_images, load_image
+from zsad.decisions import GoodThresholds, Thresholds, decide, thresholds_from_good
+from zsad.errors import BatchTooSmallError, ImageError, ScoreError, UsageError
+from zsad.types import AnomalyResult, RawOutput
+
+if TYPE_CHECKING:
+    from zsad.detector import Detector
+
+log = logging.getLogger(__name__)
+
+GROUP_BY = ("none", "folder")
+#: Decoded images a transductive group keeps in memory for its overlays before spilling to disk.
+DEFAULT_IMAGE_BUDGET_BYTES = 2 * 1024**3
+
+
+def identity(path: str | os.PathLike) -> str:
+    """The identity of a file: its resolved real path (symlinks, ``..`` and relative spellings collapse)."""
+    return os.path.realpath(os.fspath(path))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: a file (``path`` as the user spelled it) or an in-memory image (``path`` None)."""
+
+    key: str
+    path: str | None = None
+    image: Image.Image | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Source:
+        return cls(key=identity(path), path=os.fspath(path))
+
+    @property
+    def label(self) -> str:
+        """How messages name it."""
+        return self.path if self.path is not None else self.key
+
+
+@dataclass
+class Outcome:
+    """What became of one input: a decided ``result`` (with the decoded ``image`` when kept) or an ``error``."""
+
+    source: Source
+    result: AnomalyResult | None = None
+    error: str | None = None
+    image: Image.Image | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def sources_from_inputs(inputs: Sequence[str | os.PathLike] | Sequence[InputImage]) -> list[Source]:
+    """Files, folders and globs (or already discovered images) as sources, one per real file, in input order."""
+    found = inputs if inputs and isinstance(inputs[0], InputImage) else discover_images(list(inputs))
+    sources, seen = [], set()
+    for item in found:
+        source = Source.from_file(item.path)
+        if source.key not in seen:
+            seen.add(source.key)
+            sources.append(source)
+    return sources
+
+
+def as_sources(images: Iterable[str | os.PathLike | Image.Image | Source]) -> list[Source]:
+    """Paths, PIL images or sources as sources (in-memory images get keys ``memory:<index>``)."""
+    out = []
+    for i, item in enumerate(images):
+        if isinstance(item, Source):
+            out.append(item)
+        elif isinstance(item, Image.Image):
+            out.append(Source(key=f"memory:{i}", image=item.convert("RGB")))
+        else:
+            out.append(Source.from_file(item))
+    return out
+
+
+def group_sources(sources: Sequence[Source], group_by: str) -> list[tuple[str, list[Source]]]:
+    """(name, sources) of each joint-scoring group: all together, or one per real parent folder."""
+    if group_by not in GROUP_BY:
+        raise UsageError(f"unknown --group-by {group_by!r} (use {' or '.join(GROUP_BY)})")
+    if group_by == "none":
+        return [("", list(sources))] if sources else []
+    groups: dict[str, list[Source]] = {}
+    for source in sources:
+        groups.setdefault(os.path.dirname(source.key), []).append(source)
+    return list(groups.items())
+
+
+class _ImageStore:
+    """Decoded images of one group, kept for the outcomes: in memory up to a budget, then as raw pixels on disk."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.used = 0
+        self.memory: dict[int, Image.Image] = {}
+        self.spilled: dict[int, Path] = {}
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def put(self, index: int, image: Image.Image) -> None:
+        size = image.width * image.height * 3
+        if self.used + size <= self.budget:
+            self.memory[index] = image
+            self.used += size
+            return
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="zsad-images-")
+        path = Path(self._folder.name) / f"{index}.npy"
+        np.save(path, np.asarray(image))
+        self.spilled[index] = path
+
+    def pop(self, index: int) -> Image.Image | None:
+        if index in self.memory:
+            image = self.memory.pop(index)
+            self.used -= image.width * image.height * 3
+            return image
+        path = self.spilled.pop(index, None)
+        if path is None:
+            return None
+        image = Image.fromarray(np.load(path))
+        path.unlink()
+        return image
+
+    def close(self) -> None:
+        self.memory.clear()
+        if self._folder is not None:
+            self._folder.cleanup()
+
+
+@dataclass
+class _Joined:
+    """Good images' features for one group: what joins it, and which of its own images are good ones too."""
+
+    chunks: list[Any]
+    sizes: list[tuple[int, int]]
+    shared: set[str]
+
+
+class GoodImages:
+    """Known-good images for thresholds (``--threshold-from``), decoded once.
+
+    Independent methods: scored once here, giving :attr:`thresholds`. Transductive methods: their features are
+    kept and join every group (see :meth:`Runner.run`)."""
+
+    def __init__(self, runner: Runner, sources: Sequence[Source], quantile: float) -> None:
+        if not 0.0 <= quantile <= 1.0:
+            raise UsageError(f"the good-image quantile must be in [0, 1], got {quantile}")
+        self.quantile = quantile
+        self.images: list[Image.Image] = []
+        self.keys: list[str] = []
+        for source in sources:
+            try:
+                self.images.append(runner.decode(source))
+                self.keys.append(source.key)
+            except ImageError as exc:
+                log.warning("good images: skipping %s: %s", source.label, exc.problem)
+        if not self.images:
+            raise UsageError("no readable good images")
+        self.thresholds: GoodThresholds | None = None
+        self._chunks: list[Any] = []
+        if runner.transductive:
+            self._chunks = [runner.extract(chunk) for chunk in runner.chunks(self.images)]
+        else:
+            raws = [raw for chunk in runner.chunks(self.images) for raw in runner.raw_independent(chunk)]
+            self.thresholds = thresholds_from_good(raws, quantile)
+
+    def joining(self, runner: Runner, keys: set[str]) -> _Joined:
+        """The good images to add to a group holding ``keys``: all but those it already holds."""
+        shared = keys & set(self.keys)
+        sizes = [img.size for key, img in zip(self.keys, self.images) if key not in shared]
+        if not shared:
+            return _Joined(self._chunks, sizes, shared)
+        images = [img for key, img in zip(self.keys, self.images) if key not in shared]
+        return _Joined([runner.extract(chunk) for chunk in runner.chunks(images)], sizes, shared)
+
+
+class Runner:
+    """Streams :class:`Outcome` objects for sources; see the module doc for what it guarantees."""
+
+    def __init__(self, detector: Detector, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 thresholds: Thresholds | None = None, keep_images: bool = False,
+                 image_budget_bytes: int = DEFAULT_IMAGE_BUDGET_BYTES) -> None:
+        self.detector = detector
+        self.method = detector.method
+        self.batch_size = detector.batch_size
+        self.max_pixels = max_pixels
+        self.thresholds = thresholds or detector.thresholds
+        self.keep_images = keep_images
+        self.image_budget_bytes = image_budget_bytes
+        self.good: GoodImages | None = None
+        #: called with each group's thresholds from good images: (group name, thresholds)
+        self.on_thresholds: Callable[[str, GoodThresholds], None] | None = None
+
+    @property
+    def transductive(self) -> bool:
+        return self.method.transductive
+
+    # -- steps -------------------------------------------------------------------------------------------------
+    def decode(self, source: Source) -> Image.Image:
+        if source.image is not None:
+            return source.image
+        return load_image(source.path, max_pixels=self.max_pixels)
+
+    def chunks(self, items: Sequence) -> Iterator[Sequence]:
+        for start in range(0, len(items), self.batch_size):
+            yield items[start:start + self.batch_size]
+
+    def extract(self, images: Sequence[Image.Image]) -> Any:
+        return self.method.extract(self.method.backbone.preprocess(list(images)))
+
+    def raw_independent(self, images: Sequence[Image.Image]) -> list[RawOutput]:
+        return list(self.method.raw(self.extract(images), [img.size for img in images]))
+
+    def use_good_images(self, sources: Sequence[Source], quantile: float) -> GoodImages:
+        """Decide with thresholds from these known-good images instead of the fixed ones."""
+        self.good = GoodImages(self, sources, quantile)
+        if self.good.thresholds is not None and self.on_thresholds:
+            self.on_thresholds("", self.good.thresholds)
+        return self.good
+
+    def _decided(self, source: Source, raw: RawOutput, thresholds: Thresholds,
+                 image: Image.Image | None) -> Outcome:
+        try:
+            result = decide(raw, thresholds, source.path)
+        except ScoreError as exc:
+            return Outcome(source, error=str(exc))
+        return Outcome(source, result=result, image=image if self.keep_images else None)
+
+    # -- the run -----------------------------------------------------------------------------------------------
+    def run(self, sources: Sequence[Source], *, group_by: str = "none", done: Container[str] = frozenset(),
+            progress: Callable[[int], None] | None = None) -> Iterator[Outcome]:
+        """Outcomes of every source whose key is not in ``done``, group by group, in input order within a group.
+
+        ``progress(n)`` is called as ``n`` more pending images have been read and passed through the backbone.
+        """
+        groups = group_sources(sources, group_by)
+        several = len(groups) > 1
+        tick = progress or (lambda n: None)
+        for name, group in groups:
+            if all(s.key in done for s in group):
+                continue
+            if self.transductive:
+                yield from self._joint(name, group, done, several, tick)
+            else:
+                yield from self._independent([s for s in group if s.key not in done], tick)
+
+    def _independent(self, sources: Sequence[Source], tick: Callable[[int], None]) -> Iterator[Outcome]:
+        thresholds = self.good.thresholds if self.good and self.good.thresholds else self.thresholds
+        for chunk in self.chunks(sources):
+            loaded: list[tuple[Source, Image.Image]] = []
+            for source in chunk:
+                try:
+                    loaded.append((source, self.decode(source)))
+                except ImageError as exc:
+                    yield Outcome(source, error=exc.problem)
+            if loaded:
+                raws = self.raw_independent([img for _, img in loaded])
+                tick(len(loaded))
+                for (source, image), raw in zip(loaded, raws):
+                    yield self._decided(source, raw, thresholds, image)
+
+    def _joint(self, name: str, group: Sequence[Source], done: Container[str], several: bool,
+               tick: Callable[[int], None]) -> Iterator[Outcome]:
+        """One group scored jointly: finished sources still join the batch (scores are joint) but are not reported."""
+        joined = self.good.joining(self, {s.key for s in group}) if self.good else None
+        if joined and joined.shared:  # good images among the inputs first: their raw outputs set the thresholds
+            group = sorted(group, key=lambda s: s.key not in joined.shared)
+        store = _ImageStore(self.image_budget_bytes if self.keep_images else 0)
+        try:
+            kept: list[Source] = []
+            sizes: list[tuple[int, int]] = []
+            chunks: list[Any] = []
+            for chunk in self.chunks(group):
+                loaded = []
+                for source in chunk:
+                    try:
+                        loaded.append(self.decode(source))
+                    except ImageError as exc:
+                        if source.key not in done:
+                            yield Outcome(source, error=exc.problem)
+                        continue
+                    if self.keep_images and source.key not in done:
+                        store.put(len(kept), loaded[-1])
+                    kept.append(source)
+                    sizes.append(loaded[-1].size)
+                if loaded:
+                    chunks.append(self.extract(loaded))
+                    tick(sum(1 for s in chunk if s.key not in done))
+            if not kept:
+                return
+            extra = joined.chunks if joined else []
+            extra_sizes = joined.sizes if joined else []
+            n = len(sizes) + len(extra_sizes)
+            if n < self.method.min_batch:
+                problem = (f"method '{self.method.name}' scores images against each other and needs at least "
+                           f"{self.method.min_batch} images of one category, got {n}; use --method clip for fewer "
+                           f"images")
+                if not several:
+                    raise BatchTooSmallError(problem)
+                for source in kept:  # one small folder must not stop the others
+                    if source.key not in done:
+                        yield Outcome(source, error=f"folder '{name}': {problem}")
+                return
+            raws = self.method.raw(self.method.combine(extra + chunks), extra_sizes + sizes)
+            thresholds: Thresholds = self.thresholds
+            if joined is not None:
+                good_raws = [next(raws) for _ in extra_sizes]
+                own = [next(raws) for s in kept if s.key in joined.shared]
+                thresholds = thresholds_from_good(good_raws + own, self.good.quantile)
+                if self.on_thresholds:
+                    self.on_thresholds(name if several else "", thresholds)
+                raws = itertools.chain(own, raws)
+            for index, (source, raw) in enumerate(zip(kept, raws)):
+                if source.key in done:
+                    continue
+                yield self._decided(source, raw, thresholds, store.pop(index))
+        finally:
+            store.close()
