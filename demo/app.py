@@ -8,7 +8,7 @@ own :class:`Session` (a ``gr.State``). Moving the threshold slider decides again
 (``zsad.decisions.redecide``), without re-scoring.
 
 This file is data shipped with zsad (``zsad/_data/demo/app.py`` in a wheel), loaded by file path from
-``zsad.demo_cli``; zsad itself never imports it.
+``zsad.cli.demo``; the library below the command line never imports it.
 """
 
 import csv

@@ -33,7 +33,7 @@ def main() -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from zsad.demo_cli import load_demo_module
+    from zsad.cli.demo import load_demo_module
 
     demo = load_demo_module()
     app = demo.DemoApp(demo.DemoConfig(backbone=args.backbone, image_size=args.image_size, class_name="fabric",

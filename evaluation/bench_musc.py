@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from zsad.scoring.mutual import mutual_scores, mutual_scores_reference
+from zsad.methods.musc import mutual_scores, mutual_scores_reference
 
 logger = logging.getLogger("bench_musc")
 

@@ -17,9 +17,8 @@ from sklearn.metrics import roc_auc_score
 
 import zsad
 from zsad.data.synthetic import DEFECT_TYPES, make_sample
-from zsad.methods.musc import concat_features
+from zsad.methods.musc import concat_features, musc_patch_scores
 from zsad.scoring.maps import grid_to_image, to_original_size
-from zsad.scoring.mutual import musc_patch_scores
 
 
 def main() -> None:

@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from zsad.dialogue.evidence import Evidence, confidence_word, evidence_from_mask, evidence_from_result, size_word
 from zsad.decisions import Thresholds, decide
-from zsad.types import RawOutput
-from zsad.types import GRID_CELLS
+from zsad.dialogue.evidence import Evidence, confidence_word, evidence_from_mask, evidence_from_result, size_word
+from zsad.types import GRID_CELLS, RawOutput
 
 
 def test_size_and_confidence_words_follow_the_documented_rules():

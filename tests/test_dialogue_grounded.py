@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from zsad.data.synthetic import make_sample
+from zsad.decisions import Thresholds, decide
 from zsad.dialogue import Conversation, GroundedResponder, Intent, evidence_from_mask, recognise
 from zsad.dialogue.grounded import CAN_ONLY_TELL
 from zsad.errors import WeightsNotFoundError
-from zsad.decisions import Thresholds, decide
 from zsad.types import RawOutput
 
 CORNERS = {"top left": (0.18, 0.18), "top right": (0.82, 0.18), "bottom left": (0.18, 0.82),

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zsad.data.synthetic import make_dataset
-from zsad.errors import DatasetError, UsageError
 from zsad.cli.evaluate import add_parser as add_evaluate_parser
 from zsad.data.datasets import open_dataset
+from zsad.data.synthetic import make_dataset
+from zsad.errors import DatasetError, UsageError
 from zsad.evaluate import METRIC_KEYS, EvaluateConfig, evaluate, run_signature
-
 
 CATEGORIES = ("weave", "disc")
 

@@ -1,4 +1,4 @@
-"""Tests for zsad.scoring.mutual (MuSc LNAMD / MSM / RsCIN) against slow references written here.
+"""Tests for zsad.methods.musc (MuSc LNAMD / MSM / RsCIN) against slow references written here.
 
 References follow the official code (github.com/xrli-U/MuSc, models/modules/_LNAMD.py, _MSM.py, _RsCIN.py) in
 spirit but are written independently: explicit loops, explicit difference norms, explicit masking.
@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zsad.errors import BatchTooSmallError, UsageError
-from zsad.scoring import mutual as M
-from zsad.scoring.mutual import (
+from zsad.methods.musc import (
     lnamd,
     musc_patch_scores,
     mutual_scores,
@@ -23,6 +22,7 @@ from zsad.scoring.mutual import (
     rscin,
     sample_references,
 )
+from zsad.methods.musc import msm as M
 
 ATOL = 1e-5
 

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from zsad.decisions import Thresholds, decide
-from zsad.types import RawOutput
 from zsad.scoring.regions import find_regions, grid_cell
-from zsad.types import GRID_CELLS
+from zsad.types import GRID_CELLS, RawOutput
 
 
 @pytest.mark.parametrize("x, y, cell", [

@@ -7,10 +7,9 @@ import pytest
 
 from zsad.cli import main
 from zsad.data.synthetic import make_dataset
+from zsad.decisions import Thresholds, decide, redecide, thresholds_from_good
 from zsad.errors import UsageError
-from zsad.decisions import Thresholds, decide
 from zsad.types import RawOutput
-from zsad.decisions import redecide, thresholds_from_good
 
 
 def _result(score: float, peak: float, size=(16, 12)):

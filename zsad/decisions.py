@@ -59,13 +59,14 @@ class GoodThresholds(Thresholds):
                 f"image {self.image:.4f}, pixel {self.for_pixels:.4f}")
 
 
-def decide(raw: RawOutput, thresholds: Thresholds = Thresholds(), path: str | None = None) -> AnomalyResult:
+def decide(raw: RawOutput, thresholds: Thresholds | None = None, path: str | None = None) -> AnomalyResult:
     """Label, mask, regions and defect type of one image from its raw outputs.
 
     Scores and maps are clipped to [0, 1]; NaN or inf raise :class:`ScoreError` (never a silent "normal"). The
     defect type is named only for an image predicted anomalous; the probabilities are always kept. A pixel
     threshold that differs from the image threshold is recorded in ``extras["pixel_threshold"]``.
     """
+    thresholds = thresholds or Thresholds()
     problem = raw.problem()
     if problem is not None:
         raise ScoreError(problem)

@@ -27,12 +27,12 @@ class Detector:
     """A method bound to a backbone, a device, a precision and default thresholds; scores images through the
     runner (:mod:`zsad.runner`), which decides whether a batch is scored jointly or image by image."""
 
-    def __init__(self, method: Method, *, batch_size: int = 8, thresholds: Thresholds = Thresholds()) -> None:
+    def __init__(self, method: Method, *, batch_size: int = 8, thresholds: Thresholds | None = None) -> None:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         self.method = method
         self.batch_size = batch_size
-        self.thresholds = thresholds
+        self.thresholds = thresholds or Thresholds()
 
     @property
     def backbone(self):

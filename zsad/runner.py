@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -35,9 +35,6 @@ from zsad.data.images import DEFAULT_MAX_PIXELS, InputImage, discover_images, lo
 from zsad.decisions import GoodThresholds, Thresholds, decide, thresholds_from_good
 from zsad.errors import BatchTooSmallError, ImageError, ScoreError, UsageError
 from zsad.types import AnomalyResult, RawOutput
-
-if TYPE_CHECKING:
-    from zsad.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +115,14 @@ def group_sources(sources: Sequence[Source], group_by: str) -> list[tuple[str, l
     for source in sources:
         groups.setdefault(os.path.dirname(source.key), []).append(source)
     return list(groups.items())
+
+
+class Scorer(Protocol):
+    """What the runner needs of a detector (:class:`zsad.detector.Detector`, which builds runners over itself)."""
+
+    method: Any
+    batch_size: int
+    thresholds: Thresholds
 
 
 class _ImageStore:
@@ -210,7 +215,7 @@ class GoodImages:
 class Runner:
     """Streams :class:`Outcome` objects for sources; see the module doc for what it guarantees."""
 
-    def __init__(self, detector: Detector, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, detector: Scorer, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  thresholds: Thresholds | None = None, keep_images: bool = False,
                  image_budget_bytes: int = DEFAULT_IMAGE_BUDGET_BYTES) -> None:
         self.detector = detector

@@ -10,7 +10,7 @@ normalised with the batch's smallest and largest map values, so the most anomalo
 and the threshold 0.5 means "halfway between the batch's most normal and most anomalous". Use
 ``zsad evaluate`` or known-good images to pick a calibrated threshold.
 
-The stages are pure functions in :mod:`zsad.scoring.mutual`, re-exported here.
+The stages are pure functions in :mod:`.lnamd`, :mod:`.msm` and :mod:`.rscin` beside this module.
 """
 
 from __future__ import annotations
@@ -25,17 +25,15 @@ import torch.nn.functional as F
 from zsad.backbones import ClipBackbone, TokenOutput
 from zsad.errors import BatchTooSmallError, UsageError
 from zsad.methods.base import Method
+from zsad.methods.musc.msm import musc_patch_scores
+from zsad.methods.musc.rscin import rscin
 from zsad.runtime import autocast
 from zsad.scoring.maps import grid_to_image, to_original_size
-from zsad.scoring.mutual import lnamd, musc_patch_scores, mutual_scores, mutual_scores_reference, rscin
 from zsad.types import RawOutput
 
 log = logging.getLogger(__name__)
 
 MIN_IMAGES = 5
-
-__all__ = ["MuscConfig", "MuscFeatures", "MuscMethod", "lnamd", "mutual_scores", "mutual_scores_reference",
-           "rscin", "musc_patch_scores"]
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,13 @@
-"""MuSc's training-free stages as pure functions: LNAMD, MSM (mutual scoring) and RsCIN.
+"""MuSc stage 2, MSM: mutual scoring of unlabeled images (``_MSM.py``, assembled as in ``models/musc.py``).
 
-Paper: Li et al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring of
-the Unlabeled Images", ICLR 2024 (arXiv 2401.16753). Official code: github.com/xrli-U/MuSc,
-``models/modules/_LNAMD.py``, ``_MSM.py``, ``_RsCIN.py`` and ``models/musc.py``. Written from scratch; where paper
-and code differ this module follows the code.
-
-Public API:
-    lnamd(patch_tokens, r)                        [B, L, C] -> [B, L, C] unit vectors
     mutual_scores(Z, top_fraction, ...)           [N, L, C] -> [N, L]    exact, block-tiled MSM
     mutual_scores_reference(Z, top_fraction)      [N, L, C] -> [N, L]    slow, obviously correct MSM
     sample_references(n, reference_size, seed)   -> [N, R] reference images used by ``reference_size``
-    rscin(scores, image_embeddings, ks)           [N], [N, D] -> [N]
-    musc_patch_scores(layer_tokens, rs, ...)      per-layer [N, L, C] -> [N, L] mean of the MSM maps
+    musc_patch_scores(layer_tokens, rs, ...)      per-layer [N, L, C] -> [N, L] mean of the MSM maps over (r, layer)
+
+Li et al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring of the Unlabeled
+Images", ICLR 2024 (arXiv 2401.16753); official code github.com/xrli-U/MuSc, written from scratch; where paper and
+code differ this module follows the code.
 """
 
 from __future__ import annotations
@@ -22,70 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from zsad.errors import BatchTooSmallError, UsageError
-
-__all__ = [
-    "lnamd",
-    "musc_patch_scores",
-    "mutual_scores",
-    "mutual_scores_reference",
-    "rscin",
-    "sample_references",
-]
+from zsad.methods.musc.lnamd import _check_degree, lnamd
 
 logger = logging.getLogger(__name__)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# LNAMD
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_degree(r: int) -> None:
-    if not isinstance(r, int) or r < 1 or r % 2 == 0:
-        raise UsageError(f"LNAMD aggregation degree r must be a positive odd integer, got {r!r}")
-
-
-def _grid_side(num_patches: int) -> int:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise UsageError(f"patch tokens must form a square grid without a class token; got L={num_patches} tokens")
-    return side
-
-
-def lnamd(patch_tokens: Tensor, r: int) -> Tensor:
-    """Local Neighbourhood Aggregation with Multiple Degrees (paper Sec. 3.2; official ``_LNAMD.py``).
-
-    Per image: parameter-free LayerNorm over (C, H, W) with eps 1e-5, then the mean over each r x r window
-    (stride 1, zero padding (r-1)/2, padded zeros counted: the official unfold + ``adaptive_avg_pool1d`` equals
-    ``avg_pool2d(count_include_pad=True)``), then L2 normalisation of every patch vector (``musc.py``).
-    Always computed in fp32.
-
-    Args:
-        patch_tokens: ``[B, L, C]`` tokens of one layer, L = H*H, class token already removed.
-        r: odd aggregation degree (MuSc uses 1, 3 and 5).
-
-    Returns:
-        ``[B, L, C]`` fp32 unit vectors on the input's device.
-    """
-    _check_degree(r)
-    if patch_tokens.dim() != 3:
-        raise UsageError(f"patch_tokens must be [B, L, C], got shape {tuple(patch_tokens.shape)}")
-    b, num_patches, c = patch_tokens.shape
-    side = _grid_side(num_patches)
-    x = patch_tokens.to(torch.float32).transpose(1, 2).reshape(b, c, side, side)
-    x = F.layer_norm(x, (c, side, side), eps=1e-5)
-    if r > 1:
-        x = F.avg_pool2d(x, kernel_size=r, stride=1, padding=(r - 1) // 2, count_include_pad=True)
-    x = x.flatten(2).transpose(1, 2)
-    return F.normalize(x, dim=-1)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # MSM helpers
@@ -479,63 +420,6 @@ def mutual_scores_reference(Z: Tensor, top_fraction: float = 0.3) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# RsCIN
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def rscin(scores: Tensor, image_embeddings: Tensor, ks: Sequence[int] = (1, 2, 3), *, normalize: bool = True) -> Tensor:
-    """Re-scoring with Constrained Image-level Neighbourhood (paper Eq. 8-9; official ``_RsCIN.py`` ``MMO``).
-
-    s_hat = min-max normalised scores; W = F F^T; for each k, W_k keeps each row's k largest entries (self
-    included when F is normalised, since self is then the row maximum) and s_k = D_k^-1 W_k s_hat with D_k the row
-    sums; the result is the mean of s_k over ``ks``. k = 1 returns s_hat.
-
-    Deviations from the official code, all on inputs where it returns NaN or fails: k > N is clamped to N (every
-    image in the window); constant scores give s_hat = 0 (official: 0/0); a row whose kept similarities sum to 0
-    keeps its own s_hat. Ties in W may select other, equally similar neighbours than the official
-    ``topk(N-k, largest=False)`` masking. ``ks`` must be >= 1 (the official config uses k = 0 to mean "skip
-    RsCIN": the caller does that).
-
-    Args:
-        scores: ``[N]`` image scores.
-        image_embeddings: ``[N, D]`` image embeddings (CLIP: pooled image embedding).
-        ks: window sizes (MVTec/BTAD (1, 2, 3), VisA (1, 8, 9)).
-        normalize: L2-normalise the embeddings first. ``musc.py`` normalises CLIP embeddings before RsCIN and uses
-            DINO's class tokens raw; pass False to reproduce the latter.
-
-    Returns:
-        ``[N]`` in ``scores``' float dtype (fp32 for integer input), on ``scores.device``; computed in float64.
-    """
-    if scores.dim() != 1:
-        raise UsageError(f"scores must be [N], got shape {tuple(scores.shape)}")
-    n = scores.shape[0]
-    if image_embeddings.dim() != 2 or image_embeddings.shape[0] != n:
-        raise UsageError(f"image_embeddings must be [{n}, D], got shape {tuple(image_embeddings.shape)}")
-    if n < 1:
-        raise BatchTooSmallError("RsCIN needs at least one image")
-    ks = list(ks)
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-        raise UsageError(f"RsCIN window sizes must be positive integers, got {ks!r}")
-    s = scores.detach().to(torch.float64)
-    span = s.max() - s.min()
-    s_hat = torch.where(span > 0, (s - s.min()) / torch.where(span > 0, span, 1.0), torch.zeros_like(s))
-    f = image_embeddings.detach().to(device=s.device, dtype=torch.float64)
-    if normalize:
-        f = F.normalize(f, dim=-1)
-    w = f @ f.T
-    total = torch.zeros_like(s_hat)
-    for k in ks:
-        vals, idx = w.topk(min(k, n), dim=1)  # [N, k] row's k largest similarities
-        num = (vals * s_hat[idx]).sum(dim=1)
-        den = vals.sum(dim=1)
-        ok = den != 0
-        total += torch.where(ok, num / torch.where(ok, den, 1.0), s_hat)
-    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
-    return (total / len(ks)).to(out_dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Assembly
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -613,3 +497,4 @@ def musc_patch_scores(
                 ).to(home, torch.float64)
                 del z
     return (total / (len(rs) * len(layers))).to(torch.float32)
+
