@@ -1,9 +1,11 @@
 """MuSc and auto as methods: behaviour that holds for any weights (mutual scoring needs no semantics)."""
 
 import csv
+from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 import zsad
@@ -113,3 +115,38 @@ def test_cli_resume_rescores_a_partial_group_whole_without_duplicates(tmp_path, 
     assert sorted(r["path"] for r in rows) == sorted(r["path"] for r in full)
     by_path = {r["path"]: r["score"] for r in full}
     assert all(by_path[r["path"]] == r["score"] for r in rows)  # joint scores identical: the group was rescored whole
+
+
+def test_fp16_msm_storage_is_reachable_and_close_to_fp32(musc, textures, tmp_path):
+    """``msm_precision="fp16"`` (CLI ``--msm-precision fp16``) stores the LNAMD features in fp16 for MSM; on CPU the
+    products stay exact fp32, so results differ from fp32 storage by the storage rounding only."""
+    from zsad.methods.musc import msm
+
+    images = [s.image for s in textures[:6]]
+    half = zsad.create("musc", backbone=musc.backbone, msm_precision="fp16", batch_size=4)
+    seen = []
+    original = msm._lnamd_streamed
+
+    def spy(tokens, r, device, chunk, dtype):
+        seen.append(dtype)
+        return original(tokens, r, device, chunk, dtype)
+
+    with mock.patch.object(msm, "_lnamd_streamed", spy):
+        low = half.score(images)
+    assert seen and set(seen) == {torch.float16}
+    exact = musc.score(images)
+    for a, b in zip(low, exact):
+        assert abs(a.image_score - b.image_score) < 2e-2
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=2e-2)
+    with pytest.raises(zsad.ZsadError, match="msm_precision"):
+        zsad.create("musc", backbone=musc.backbone, msm_precision="int8")
+    assert main(["score", *[str(p) for p in _save(images, tmp_path)], "--method", "musc", "--backbone", "tiny-random",
+                 "--image-size", "224", "--msm-precision", "fp16", "--out", str(tmp_path / "out"), "-q"]) == 0
+
+
+def _save(images, folder):
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"{i}.png")
+        image.save(paths[-1])
+    return paths
