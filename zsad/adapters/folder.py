@@ -2,7 +2,8 @@
 
 A folder holds ``adapter.json`` (``kind``, ``format_version`` and the kind's own fields) and
 ``weights.safetensors`` (tensors only: safetensors cannot carry code, so loading never runs anything).
-Writes go through temporary files and ``os.replace``: a crash leaves the old adapter or the new one whole.
+A save writes the whole folder beside the old one and swaps it in with one rename (:func:`zsad.fileio.atomic_dir`):
+a crash leaves the old adapter or the new one whole, never a config from one and weights from the other.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from zsad.errors import AdapterError
-from zsad.fileio import atomic_write_text, read_json
+from zsad.fileio import atomic_dir, read_json, settle_dir
 
 CONFIG_NAME = "adapter.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -33,28 +34,34 @@ class AdapterFolder:
     path: Path | None = None
 
 
-def save_adapter(folder: str | Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write ``adapter.json`` and ``weights.safetensors`` into ``folder`` (created if needed)."""
+def write_adapter_files(folder: str | Path, kind: str, config: dict[str, Any],
+                        tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``weights.safetensors`` and ``adapter.json`` into ``folder`` as plain files. Atomic only inside
+    :func:`zsad.fileio.atomic_dir` (whose new folder appears whole); use :func:`save_adapter` otherwise."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    tmp = folder / f".{WEIGHTS_NAME}.{os.getpid()}.tmp"
-    try:
-        save_file(cpu, str(tmp), metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, folder / WEIGHTS_NAME)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_file(cpu, str(folder / WEIGHTS_NAME), metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
     record = {"kind": kind, "format_version": FORMAT_VERSION, **config}
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    with open(folder / CONFIG_NAME, "w", encoding="utf-8", newline="") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return folder
+
+
+def save_adapter(folder: str | Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``adapter.json`` and ``weights.safetensors`` as the folder ``folder`` (created if needed), replacing
+    an existing one at once; other files in it (a training log, a README) are kept."""
+    folder = Path(folder)
+    with atomic_dir(folder) as new:
+        write_adapter_files(new, kind, config, tensors)
     return folder
 
 
 def read_adapter_config(folder: str | Path, kind: str | None = None) -> dict[str, Any]:
     """The parsed ``adapter.json`` of ``folder``; checks the kind and format version when given."""
-    folder = Path(folder)
+    folder = settle_dir(folder)  # a folder a crashed writer left aside mid-swap is put back
     if not folder.is_dir():
         raise AdapterError(f"adapter folder '{folder}' does not exist")
     config_path = folder / CONFIG_NAME
@@ -71,12 +78,18 @@ def read_adapter_config(folder: str | Path, kind: str | None = None) -> dict[str
     return config
 
 
-def load_adapter(folder: str | Path, kind: str | None = None) -> AdapterFolder:
-    """Read an adapter folder; every problem is an :class:`AdapterError` naming the file."""
+def _identity(folder: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_adapter(folder: Path, kind: str | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
     config = read_adapter_config(folder, kind)
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
@@ -85,5 +98,25 @@ def load_adapter(folder: str | Path, kind: str | None = None) -> AdapterFolder:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    return config, tensors
+
+
+def load_adapter(folder: str | Path, kind: str | None = None) -> AdapterFolder:
+    """Read an adapter folder; every problem is an :class:`AdapterError` naming the file. The config and the
+    weights come from one version of the folder: a folder replaced while being read is read again."""
+    folder = Path(folder)
+    for _ in range(3):
+        where = settle_dir(folder)
+        before = _identity(where)
+        try:
+            config, tensors = _read_adapter(where, kind)
+        except AdapterError:
+            if _identity(where) == before:
+                raise
+            continue
+        if _identity(where) == before:
+            break
+    else:
+        config, tensors = _read_adapter(settle_dir(folder), kind)
     fields = {k: v for k, v in config.items() if k not in ("kind", "format_version")}
     return AdapterFolder(kind=config["kind"], config=fields, tensors=tensors, path=folder)

@@ -80,7 +80,7 @@ class PromptAdapter:
 def save_prompt_adapter(folder: str | Path, learner: PromptLearner, settings: PromptSettings, *,
                         training: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
                         metrics: dict[str, Any] | None = None) -> Path:
-    """Write the adapter folder atomically (each file through a temporary file and ``os.replace``)."""
+    """Write the adapter folder atomically (the whole folder swapped in at once, see :func:`save_adapter`)."""
     config = {**settings.to_config(), "training": training or {}, "source": source or {"kind": "trained"},
               "metrics": metrics or {}}
     return save_adapter(folder, KIND, config, learner.tensors())

@@ -5,8 +5,9 @@ Published protocol: train on the *test* split of MVTec AD (evaluate on VisA, MPD
 augmentation, the last epoch is kept. Images and masks are squash-resized together (masks bilinearly, then
 thresholded at 0.5, as the official ``target_transform``), never center-cropped apart.
 
-The output folder is an adapter folder (rewritten after every epoch) plus ``train_state.safetensors``
-(learner and Adam state, tensors only, written atomically) and ``train_log.csv`` (one row per epoch), so
+The output folder is an adapter folder plus ``train_state.safetensors`` (learner and Adam state, tensors only)
+and ``train_log.csv`` (one row per epoch). After every epoch the whole folder is written anew and swapped in
+at once (:func:`zsad.fileio.atomic_dir`), so adapter, state and log always belong to the same epoch, and
 ``resume=True`` continues after the last finished epoch with the same data order.
 """
 
@@ -16,7 +17,6 @@ import csv
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +34,7 @@ from zsad.anomalyclip.prompts import PromptLearner, PromptTextEncoder, resolve_s
 from zsad.backbones import ClipBackbone
 from zsad.backbones.names import DEFAULT_BACKBONE
 from zsad.errors import DatasetError, UsageError
-from zsad.fileio import atomic_write_text
+from zsad.fileio import atomic_dir, atomic_write_text, settle_dir
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +181,11 @@ class PromptTrainer:
 
 
 def _write_state(out: Path, trainer: PromptTrainer, info: dict[str, Any]) -> None:
+    """The resume state, as a plain file: written into the new epoch folder of :func:`atomic_dir`."""
     from safetensors.torch import save_file
 
     tensors, meta = trainer.state_tensors()
-    tmp = out / f".{STATE_NAME}.{os.getpid()}.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata={"zsad": json.dumps({**info, **meta})})
-        os.replace(tmp, out / STATE_NAME)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_file(tensors, str(out / STATE_NAME), metadata={"zsad": json.dumps({**info, **meta})})
 
 
 def _read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -237,6 +232,7 @@ def train_prompts(config: TrainConfig) -> Path:
 
     config.check()
     out = Path(config.out)
+    settle_dir(out)  # a run killed in the middle of swapping its epoch folder left the previous epoch aside
     if not config.resume and out.exists() and any((out / n).exists() for n in (STATE_NAME, "adapter.json")):
         raise UsageError(f"{out} already holds an adapter or a training run; pass --resume to continue it, or "
                          f"choose another --out")
@@ -294,9 +290,10 @@ def train_prompts(config: TrainConfig) -> Path:
             training = {**summary, "epochs": config.epochs, "epochs_done": epoch + 1, "lr": config.lr,
                         "betas": [0.5, 0.999], "batch_size": config.batch_size, "seed": config.seed,
                         "precision": config.precision, "final_loss": round(float(means[0]), 6)}
-            _write_state(out, trainer, {"epochs_done": epoch + 1, "signature": signature})
-            save_prompt_adapter(out, trainer.learner, settings, training=training, source={"kind": "trained"})
-            _write_log(out, rows)
+            with atomic_dir(out) as folder:  # state, adapter and log of this epoch appear together
+                _write_state(folder, trainer, {"epochs_done": epoch + 1, "signature": signature})
+                save_prompt_adapter(folder, trainer.learner, settings, training=training, source={"kind": "trained"})
+                _write_log(folder, rows)
     finally:
         bar.close()
     return out

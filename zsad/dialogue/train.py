@@ -3,8 +3,8 @@
 Loss only on assistant tokens: every other label is -100. The assistant spans are found by rendering the chat
 template up to each assistant turn (with the generation prompt) and up to its end, so it works for official
 templates that lack ``{% generation %}`` tags (lvlm.md §4.2). accelerate places the model and runs mixed
-precision; a checkpoint (LoRA folder + optimizer/step state) is written atomically every N steps and at each
-epoch's end, and ``--resume`` continues from it.
+precision; a checkpoint (LoRA folder + optimizer/step state, one folder swapped in whole by
+:func:`zsad.fileio.atomic_dir`) is written every N steps and at each epoch's end, and ``--resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import random
 import sys
 import time
@@ -125,12 +124,11 @@ def _save_checkpoint(out: Path, model: Any, optimizer: Any, settings: Any, base:
     import torch
 
     from zsad.dialogue.lora import save_lora
+    from zsad.fileio import atomic_dir
 
-    folder = out / CHECKPOINT
-    save_lora(model, folder, base_model=base, settings=settings, extra={"second_view": False})
-    tmp = folder / f".{STATE_NAME}.{os.getpid()}.tmp"
-    torch.save({**state, "optimizer": optimizer.state_dict()}, tmp)
-    os.replace(tmp, folder / STATE_NAME)
+    with atomic_dir(out / CHECKPOINT, keep_others=False) as folder:  # LoRA weights and their state, together
+        save_lora(model, folder, base_model=base, settings=settings, extra={"second_view": False})
+        torch.save({**state, "optimizer": optimizer.state_dict()}, folder / STATE_NAME)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -142,6 +140,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     from zsad.adapters.folder import load_adapter
     from zsad.dialogue.lora import LoraSettings, apply_lora, save_lora
+    from zsad.fileio import settle_dir
     from zsad.runtime import resolve_device
 
     out = Path(config.out)
@@ -165,7 +164,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
 
     step, epoch, start_index = 0, 0, 0
-    checkpoint = out / CHECKPOINT
+    checkpoint = settle_dir(out / CHECKPOINT)  # put back a checkpoint a killed run left aside mid-swap
     if config.resume and (checkpoint / STATE_NAME).is_file():
         set_peft_model_state_dict(model, load_adapter(checkpoint).tensors)
         state = torch.load(checkpoint / STATE_NAME, weights_only=True)  # tensors and numbers only
