@@ -255,9 +255,10 @@ class DemoApp:
         at once and the first visitor does not wait. Adapters given at start-up are checked here too (kind,
         backbone, tensors), so the page never offers one that fails when a visitor picks it."""
         from zsad.adapters import load as load_adapter
+        from zsad.methods.anomalyclip.adapter import KIND, check_folder
 
         for folder in self.config.adapters:
-            load_adapter(folder, self.config.backbone, kind="anomalyclip-prompts")
+            load_adapter(folder, self.config.backbone, kind=KIND, validator=check_folder)
         self.detector("auto", self.config.class_name or None)
         if self.config.lvlm:
             try:

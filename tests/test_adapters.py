@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from zsad.adapters import load, save_adapter
-from zsad.anomalyclip.adapter import check_folder
-from zsad.anomalyclip.official import convert_state_dict, import_checkpoint, read_checkpoint
 from zsad.errors import AdapterError
+from zsad.methods.anomalyclip.adapter import check_folder
+from zsad.methods.anomalyclip.official import convert_state_dict, import_checkpoint, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 56
@@ -80,7 +80,7 @@ def test_imported_adapter_scores_on_a_matching_backbone(tmp_path, backbone):
     import numpy as np
 
     import zsad
-    from zsad.anomalyclip.prompts import PromptLearner, PromptShape, PromptTextEncoder
+    from zsad.methods.anomalyclip.prompts import PromptLearner, PromptShape, PromptTextEncoder
 
     state = official_state_dict(width=64, depth=2)
     out = import_checkpoint(_write(tmp_path / "small.pth", state), tmp_path / "ad", backbone="tiny-random",
@@ -161,8 +161,8 @@ def test_bad_checkpoints_are_named(tmp_path):
 
 @pytest.fixture
 def tiny_adapter(tmp_path, backbone):
-    from zsad.anomalyclip.adapter import PromptSettings, save_prompt_adapter
-    from zsad.anomalyclip.prompts import PromptLearner, resolve_shape
+    from zsad.methods.anomalyclip.adapter import PromptSettings, save_prompt_adapter
+    from zsad.methods.anomalyclip.prompts import PromptLearner, resolve_shape
 
     shape = resolve_shape(backbone)
     settings = PromptSettings(backbone="tiny-random", image_size=SIZE, taps=(5,), dpam_layers=5, shape=shape,
@@ -231,10 +231,10 @@ def test_adapter_format_layer_imports_no_method():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        assert not [n for n in names if n.startswith(("zsad.anomalyclip", "zsad.dialogue", "zsad.methods"))], path
+        assert not [n for n in names if n.startswith(("zsad.methods.anomalyclip", "zsad.dialogue", "zsad.methods"))], path
         assert "importlib" not in path.read_text(encoding="utf-8"), path
     code = ("import sys, zsad.adapters, zsad.adapters.folder; "
-            "print(sorted(m for m in sys.modules if m.startswith(('zsad.anomalyclip', 'zsad.dialogue'))))")
+            "print(sorted(m for m in sys.modules if m.startswith(('zsad.methods.anomalyclip', 'zsad.dialogue'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 
@@ -242,7 +242,7 @@ def test_adapter_format_layer_imports_no_method():
 def test_adapters_info_checks_prompt_tensors(tiny_adapter, tmp_path, capsys):
     import argparse
 
-    from zsad.adapters.cli import cmd_info
+    from zsad.cli.adapters import cmd_info
 
     assert cmd_info(argparse.Namespace(folder=str(tiny_adapter), backbone=None)) == 0
     assert json.loads(capsys.readouterr().out)["tensors"]["ctx_normal"] == [12, 64]
@@ -287,7 +287,7 @@ def test_adapters_commands(tmp_path, capsys):
 def test_recipes_name_real_training_options():
     import yaml
 
-    from zsad.anomalyclip.train import training_config_fields
+    from zsad.methods.anomalyclip.train import training_config_fields
 
     recipes = sorted((REPO / "adapters" / "recipes").glob("*.yaml"))
     assert len(recipes) >= 2

@@ -11,12 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsad.anomalyclip.adapter import PromptSettings, load_prompt_adapter, save_prompt_adapter
-from zsad.anomalyclip.forward import image_features, probability_maps, resolve_dpam_layers, resolve_taps, state_logits
-from zsad.anomalyclip.losses import anomalyclip_loss, dice_loss, focal_loss
-from zsad.anomalyclip.prompts import PromptLearner, PromptShape, PromptTextEncoder, resolve_shape, text_width
-from zsad.anomalyclip.train import PromptTrainer, TrainConfig, train_prompts
 from zsad.errors import AdapterError, UsageError
+from zsad.methods.anomalyclip.adapter import PromptSettings, load_prompt_adapter, save_prompt_adapter
+from zsad.methods.anomalyclip.forward import (
+    image_features,
+    probability_maps,
+    resolve_dpam_layers,
+    resolve_taps,
+    state_logits,
+)
+from zsad.methods.anomalyclip.losses import anomalyclip_loss, dice_loss, focal_loss
+from zsad.methods.anomalyclip.prompts import PromptLearner, PromptShape, PromptTextEncoder, resolve_shape, text_width
+from zsad.methods.anomalyclip.train import PromptTrainer, TrainConfig, train_prompts
 
 SIZE = 56  # 4 x 4 patches on the tiny backbone: fast
 

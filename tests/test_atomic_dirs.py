@@ -294,7 +294,7 @@ def dataset(tmp_path_factory):
 
 
 def _prompt_config(dataset, out, **kw):
-    from zsad.anomalyclip.train import TrainConfig
+    from zsad.methods.anomalyclip.train import TrainConfig
 
     base = dict(data=dataset, out=out, backbone="tiny-random", epochs=2, batch_size=4, image_size=SIZE,
                 progress=False, workers=0)
@@ -303,7 +303,7 @@ def _prompt_config(dataset, out, **kw):
 
 def _epoch_files(out: Path) -> tuple[int, int, list[int]]:
     """epochs_done of adapter.json, of the resume state, and the epochs in the log."""
-    from zsad.anomalyclip.train import _read_state
+    from zsad.methods.anomalyclip.train import _read_state
 
     adapter = json.loads((out / "adapter.json").read_text())["training"]["epochs_done"]
     _, meta = _read_state(out)
@@ -313,7 +313,7 @@ def _epoch_files(out: Path) -> tuple[int, int, list[int]]:
 
 
 def test_prompt_training_epoch_outputs_belong_together_after_a_crash(dataset, tmp_path, monkeypatch):
-    from zsad.anomalyclip import train as train_module
+    from zsad.methods.anomalyclip import train as train_module
 
     full = train_module.train_prompts(_prompt_config(dataset, tmp_path / "full"))
     assert _epoch_files(full) == (2, 2, [1, 2])

@@ -2,7 +2,7 @@
 
 :func:`load` is the checked entry point: besides the folder's own problems (missing files, wrong kind,
 unsupported version) it refuses an adapter made for another backbone, and runs the caller's validator (tensor
-shapes of the kind). This package is the file-format layer only: it imports no method (``zsad.anomalyclip``,
+shapes of the kind). This package is the file-format layer only: it imports no method (``zsad.methods.anomalyclip``,
 ``zsad.dialogue``); the method that owns a kind passes its own validator.
 """
 
@@ -54,7 +54,7 @@ def check_backbone(folder: AdapterFolder, backbone: ClipBackbone | str) -> None:
 def load(path: str | Path, backbone: ClipBackbone | str | None = None, *, kind: str | None = None,
          validator: Validator | None = None) -> AdapterFolder:
     """Read an adapter folder and check it: kind (when given), backbone (when given: a loaded backbone or its
-    name) and, with ``validator`` (the kind's own check, e.g. ``zsad.anomalyclip.adapter.check_folder``), its
+    name) and, with ``validator`` (the kind's own check, e.g. ``zsad.methods.anomalyclip.adapter.check_folder``), its
     fields and tensor shapes. Every problem is an :class:`AdapterError` saying what is wrong with which file."""
     folder = load_adapter(path, kind)
     if backbone is not None:

@@ -10,7 +10,7 @@ from zsad.errors import UsageError
 #: name -> (module, class, one-line description)
 METHODS = MappingProxyType({
     "auto": ("zsad.methods.auto", "AutoMethod", "MuSc fused with clip for batches of >= 5 images, clip alone otherwise"),
-    "anomalyclip": ("zsad.methods.anomalyclip", "AnomalyClipMethod", "AnomalyCLIP learned object-agnostic prompts (needs --adapter)"),
+    "anomalyclip": ("zsad.methods.anomalyclip.method", "AnomalyClipMethod", "AnomalyCLIP learned object-agnostic prompts (needs --adapter)"),
     "clip": ("zsad.methods.clip", "ClipMethod", "training-free CLIP: prompt ensembles x value-value patch tokens"),
     "musc": ("zsad.methods.musc.method", "MuscMethod", "mutual scoring: unlabeled images of a batch score each other (>= 5)"),
 })

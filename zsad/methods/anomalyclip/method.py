@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from zsad.anomalyclip.adapter import load_prompt_adapter
-from zsad.anomalyclip.forward import image_features, resolve_taps, state_logits
-from zsad.anomalyclip.prompts import PromptTextEncoder
 from zsad.backbones import ClipBackbone
 from zsad.errors import AdapterError
+from zsad.methods.anomalyclip.adapter import load_prompt_adapter
+from zsad.methods.anomalyclip.forward import image_features, resolve_taps, state_logits
+from zsad.methods.anomalyclip.prompts import PromptTextEncoder
 from zsad.methods.base import Method
 from zsad.scoring.maps import gaussian_smooth, grid_to_image, to_original_size
 from zsad.types import RawOutput

@@ -1,2 +1,2 @@
 """AnomalyCLIP (Zhou et al., ICLR 2024): learned object-agnostic prompts, DPAM features, training and the
-import of the released checkpoints. The scoring method is :mod:`zsad.methods.anomalyclip`."""
+import of the released checkpoints. The scoring method is :mod:`zsad.methods.anomalyclip.method`."""

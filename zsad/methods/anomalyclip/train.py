@@ -27,14 +27,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsad.anomalyclip.adapter import KIND, PromptSettings, save_prompt_adapter
-from zsad.anomalyclip.forward import image_features, probability_maps, resolve_dpam_layers, resolve_taps, state_logits
-from zsad.anomalyclip.losses import LossParts, anomalyclip_loss
-from zsad.anomalyclip.prompts import PromptLearner, PromptTextEncoder, resolve_shape, text_width
 from zsad.backbones import ClipBackbone
 from zsad.backbones.names import DEFAULT_BACKBONE
 from zsad.errors import DatasetError, UsageError
 from zsad.fileio import atomic_dir, atomic_write_text, settle_dir
+from zsad.methods.anomalyclip.adapter import KIND, PromptSettings, save_prompt_adapter
+from zsad.methods.anomalyclip.forward import (
+    image_features,
+    probability_maps,
+    resolve_dpam_layers,
+    resolve_taps,
+    state_logits,
+)
+from zsad.methods.anomalyclip.losses import LossParts, anomalyclip_loss
+from zsad.methods.anomalyclip.prompts import PromptLearner, PromptTextEncoder, resolve_shape, text_width
 
 log = logging.getLogger(__name__)
 

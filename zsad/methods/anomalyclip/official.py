@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from zsad.anomalyclip.adapter import PromptSettings, save_prompt_adapter
-from zsad.anomalyclip.prompts import _PLACEHOLDER, STATE_WORDS, PromptLearner, PromptShape
 from zsad.backbones.names import DEFAULT_BACKBONE
 from zsad.errors import AdapterError
+from zsad.methods.anomalyclip.adapter import PromptSettings, save_prompt_adapter
+from zsad.methods.anomalyclip.prompts import _PLACEHOLDER, STATE_WORDS, PromptLearner, PromptShape
 
 #: The setting the released checkpoints were trained and tested with (``train.sh`` / ``test.sh``).
 RELEASED_IMAGE_SIZE = 518

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from zsad.adapters.folder import AdapterFolder, save_adapter
-from zsad.anomalyclip.forward import TEMPERATURE
-from zsad.anomalyclip.prompts import PromptLearner, PromptShape, context_length, text_layers, text_width
 from zsad.backbones import ClipBackbone
 from zsad.errors import AdapterError
+from zsad.methods.anomalyclip.forward import TEMPERATURE
+from zsad.methods.anomalyclip.prompts import PromptLearner, PromptShape, context_length, text_layers, text_width
 
 KIND = "anomalyclip-prompts"
 
