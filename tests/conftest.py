@@ -46,3 +46,26 @@ def loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prompt_train_data(tmp_path_factory):
+    """One small category with masks (MVTec layout, test split only), for training tests."""
+    from zsad.data.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("train_data")
+    make_dataset(root, categories=["weave"], n_train_good=0, n_test_good=3, n_test_defect=3, size=64)
+    return root
+
+
+@pytest.fixture
+def prompt_train_config(prompt_train_data):
+    """``make(out, **changes)``: a fast ``zsad train-prompts`` config on :func:`prompt_train_data` (56 px, 2 epochs)."""
+    from zsad.methods.anomalyclip.train import TrainConfig
+
+    def make(out, **changes):
+        base = dict(data=prompt_train_data, out=out, backbone="tiny-random", epochs=2, batch_size=4, image_size=56,
+                    progress=False, workers=0)
+        return TrainConfig(**{**base, **changes})
+
+    return make

@@ -22,7 +22,7 @@ from zsad.methods.anomalyclip.forward import (
 )
 from zsad.methods.anomalyclip.losses import anomalyclip_loss, dice_loss, focal_loss
 from zsad.methods.anomalyclip.prompts import PromptLearner, PromptShape, PromptTextEncoder, resolve_shape, text_width
-from zsad.methods.anomalyclip.train import PromptTrainer, TrainConfig, train_prompts
+from zsad.methods.anomalyclip.train import PromptTrainer, train_prompts
 
 SIZE = 56  # 4 x 4 patches on the tiny backbone: fast
 
@@ -230,25 +230,15 @@ def test_loss_falls_over_20_steps(backbone, shape):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from zsad.data.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("train_data")
-    make_dataset(root, categories=["weave"], n_train_good=0, n_test_good=3, n_test_defect=3, size=64)
-    return root
+@pytest.fixture
+def dataset(prompt_train_data):
+    return prompt_train_data
 
 
-def _config(dataset, out, **kw):
-    base = dict(data=dataset, out=out, backbone="tiny-random", epochs=2, batch_size=4, image_size=SIZE,
-                progress=False, workers=0)
-    return TrainConfig(**{**base, **kw})
-
-
-def test_train_writes_adapter_log_and_resumes_exactly(dataset, tmp_path):
+def test_train_writes_adapter_log_and_resumes_exactly(prompt_train_config, tmp_path):
     from zsad.adapters import load
 
-    full = train_prompts(_config(dataset, tmp_path / "full"))
+    full = train_prompts(prompt_train_config(tmp_path / "full"))
     folder = load(full, "tiny-random")
     assert folder.kind == "anomalyclip-prompts"
     assert folder.config["training"]["n_images"] == 6 and folder.config["training"]["epochs_done"] == 2
@@ -258,12 +248,12 @@ def test_train_writes_adapter_log_and_resumes_exactly(dataset, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
 
     part = tmp_path / "part"
-    train_prompts(_config(dataset, part, epochs=1))
+    train_prompts(prompt_train_config(part, epochs=1))
     with pytest.raises(UsageError, match="--resume"):
-        train_prompts(_config(dataset, part))
+        train_prompts(prompt_train_config(part))
     with pytest.raises(UsageError, match="other settings"):
-        train_prompts(_config(dataset, part, lr=5e-3, resume=True))
-    train_prompts(_config(dataset, part, resume=True))
+        train_prompts(prompt_train_config(part, lr=5e-3, resume=True))
+    train_prompts(prompt_train_config(part, resume=True))
     resumed = load(part)
     for name, tensor in folder.tensors.items():
         torch.testing.assert_close(resumed.tensors[name], tensor, atol=0, rtol=0)

@@ -284,21 +284,9 @@ def test_missing_folder_is_still_a_clear_error(tmp_path):
 SIZE = 56
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from zsad.data.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("atomic_train_data")
-    make_dataset(root, categories=["weave"], n_train_good=0, n_test_good=3, n_test_defect=3, size=64)
-    return root
-
-
-def _prompt_config(dataset, out, **kw):
-    from zsad.methods.anomalyclip.train import TrainConfig
-
-    base = dict(data=dataset, out=out, backbone="tiny-random", epochs=2, batch_size=4, image_size=SIZE,
-                progress=False, workers=0)
-    return TrainConfig(**{**base, **kw})
+@pytest.fixture
+def dataset(prompt_train_data):
+    return prompt_train_data
 
 
 def _epoch_files(out: Path) -> tuple[int, int, list[int]]:
@@ -312,10 +300,10 @@ def _epoch_files(out: Path) -> tuple[int, int, list[int]]:
     return adapter, int(meta["epochs_done"]), logged
 
 
-def test_prompt_training_epoch_outputs_belong_together_after_a_crash(dataset, tmp_path, monkeypatch):
+def test_prompt_training_epoch_outputs_belong_together_after_a_crash(prompt_train_config, tmp_path, monkeypatch):
     from zsad.methods.anomalyclip import train as train_module
 
-    full = train_module.train_prompts(_prompt_config(dataset, tmp_path / "full"))
+    full = train_module.train_prompts(prompt_train_config(tmp_path / "full"))
     assert _epoch_files(full) == (2, 2, [1, 2])
 
     real, calls = train_module.save_prompt_adapter, []
@@ -329,13 +317,13 @@ def test_prompt_training_epoch_outputs_belong_together_after_a_crash(dataset, tm
     monkeypatch.setattr(train_module, "save_prompt_adapter", crash_in_second_epoch)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        train_module.train_prompts(_prompt_config(dataset, part))
+        train_module.train_prompts(prompt_train_config(part))
     assert _epoch_files(part) == (1, 1, [1])  # adapter, state and log of epoch 1, all three
     assert _siblings(part) == []
     monkeypatch.setattr(train_module, "save_prompt_adapter", real)
 
     _leave_aside(part, _dead_pid())  # and, worse, killed mid-swap without the exchange
-    train_module.train_prompts(_prompt_config(dataset, part, resume=True))
+    train_module.train_prompts(prompt_train_config(part, resume=True))
     assert _epoch_files(part) == (2, 2, [1, 2]) and _siblings(part) == []
     resumed, reference = load(part), load(full)
     for name, tensor in reference.tensors.items():
