@@ -81,13 +81,11 @@ class Detector:
         from zsad.errors import ScoreError
         from zsad.runner import as_sources
 
-        sources = as_sources(images)
         if class_name is not None:
             self.setup(class_name)
         runner = self.runner(thresholds=thresholds)
-        for source in sources:  # every file is checked before any model work
-            if source.image is None:
-                runner.decode(source)
+        # every file is decoded (and so checked) before any model work; the runner takes the decoded pixels
+        sources = [dataclasses.replace(s, image=runner.decode(s)) for s in as_sources(images)]
         results = []
         for outcome in runner.run(sources):
             if outcome.error is not None:
