@@ -9,13 +9,14 @@ against about 91 for prompt-based CLIP, while CLIP adds image-level semantics). 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from zsad.backbones import ClipBackbone
-from zsad.methods.base import Method
+from zsad.methods.base import Method, Share
 from zsad.methods.clip import ClipConfig, ClipEvidence, ClipMethod, concat_evidence
 from zsad.methods.musc import MIN_IMAGES, MuscConfig, MuscFeatures, MuscMethod, concat_features
 from zsad.scoring.maps import grid_to_image, to_original_size
@@ -75,31 +76,60 @@ class AutoMethod(Method):
                             clip=concat_evidence([c.clip for c in chunks]))
 
     def raw(self, features: AutoFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
-        feats = features
-        n = len(sizes)
-        if n < MIN_IMAGES:
-            for i, orig in enumerate(sizes):
-                yield self.clip.raw_one(feats.clip, i, orig, method=self.name, extras={"used": "clip"})
+        if len(sizes) < MIN_IMAGES:
+            yield from self._clip_alone(features.clip, sizes)
             return
+        patch = self.musc.patch_scores(features.musc)
+        scores, lo, hi = self._clip_stats(features.clip)
+        yield from self._fused(features.clip, sizes, patch, features.musc.pooled, (scores, lo, hi), first=0)
+
+    def raw_across(self, features: AutoFeatures | None, sizes: Sequence[tuple[int, int]],
+                   share: Share) -> Iterator[RawOutput]:
+        """The group spread over ranks: MuSc's rows where the images are, CLIP's per-image numbers gathered (the
+        fusion normalises both over the whole group)."""
+        if share.total < MIN_IMAGES:
+            if features is not None:
+                yield from self._clip_alone(features.clip, sizes)
+            return
+        patch, pooled = self.musc.gathered_patch_scores(features.musc if features is not None else None, share)
+        local = self._clip_stats(features.clip) if features is not None else (torch.empty(0), math.inf, -math.inf)
+        every = share.comm.all_gather_object((local[0].tolist(), local[1], local[2]), "gathering CLIP scores")
+        scores = torch.tensor([v for values, _, _ in every for v in values])
+        lo, hi = min(e[1] for e in every), max(e[2] for e in every)
+        if features is not None:
+            yield from self._fused(features.clip, sizes, patch, pooled, (scores, lo, hi), first=share.offset)
+
+    def _clip_alone(self, clip: ClipEvidence, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        for i, orig in enumerate(sizes):
+            yield self.clip.raw_one(clip, i, orig, method=self.name, extras={"used": "clip"})
+
+    def _clip_stats(self, clip: ClipEvidence) -> tuple[torch.Tensor, float, float]:
+        """CLIP's image scores and the range of its maps over these images (maps are recomputed, not all kept)."""
+        scores, lo, hi = [], math.inf, -math.inf
+        for i in range(clip.global_prob.shape[0]):
+            cmap = self.clip.maps_at_input_size(clip.patch_probs[i][None])
+            scores.append(self.clip.image_score(float(clip.global_prob[i]), float(cmap.max())))
+            lo, hi = min(lo, float(cmap.min())), max(hi, float(cmap.max()))
+        return torch.tensor(scores, dtype=torch.float64), lo, hi
+
+    def _fused(self, clip: ClipEvidence, sizes: Sequence[tuple[int, int]], musc_patch: torch.Tensor,
+               pooled: torch.Tensor, clip_stats: tuple[torch.Tensor, float, float], first: int) -> Iterator[RawOutput]:
+        """Outputs of group images ``first ..`` (``clip`` and ``sizes`` hold just those; the MuSc patch scores,
+        embeddings and CLIP statistics cover the whole group)."""
         w = self.config.musc_weight
         size = self.backbone.image_size
-        musc_patch = self.musc.patch_scores(feats.musc)
-        musc_scores, (m_lo, m_hi) = self.musc.image_scores(musc_patch, feats.musc.pooled)
-        # first pass: CLIP's image scores and map range over the batch (maps are recomputed, not all kept)
-        clip_scores, c_lo, c_hi = [], float("inf"), float("-inf")
-        for i in range(n):
-            cmap = self.clip.maps_at_input_size(feats.clip.patch_probs[i][None])
-            clip_scores.append(self.clip.image_score(float(feats.clip.global_prob[i]), float(cmap.max())))
-            c_lo, c_hi = min(c_lo, float(cmap.min())), max(c_hi, float(cmap.max()))
-        clip_norm = _minmax(torch.tensor(clip_scores))
+        musc_scores, (m_lo, m_hi) = self.musc.image_scores(musc_patch, pooled)
+        clip_scores, c_lo, c_hi = clip_stats
+        clip_norm = _minmax(clip_scores.float())
         musc_norm = _minmax(musc_scores)
         m_span, c_span = float(m_hi - m_lo) or 1.0, (c_hi - c_lo) or 1.0
         for i, orig in enumerate(sizes):
-            musc_map = (grid_to_image(musc_patch[i][None], size, align_corners=True) - m_lo) / m_span
-            clip_map = (self.clip.maps_at_input_size(feats.clip.patch_probs[i][None]) - c_lo) / c_span
+            g = first + i
+            musc_map = (grid_to_image(musc_patch[g][None], size, align_corners=True) - m_lo) / m_span
+            clip_map = (self.clip.maps_at_input_size(clip.patch_probs[i][None]) - c_lo) / c_span
             fused_map = w * musc_map + (1 - w) * clip_map
-            score = w * float(musc_norm[i]) + (1 - w) * float(clip_norm[i])
+            score = w * float(musc_norm[g]) + (1 - w) * float(clip_norm[g])
             yield RawOutput(image_score=score, anomaly_map=to_original_size(fused_map, [orig])[0], method=self.name,
-                            defect_probs=feats.clip.defect_probs[i],
-                            extras={"used": "musc+clip", "musc_score": float(musc_norm[i]),
-                                    "clip_score": float(clip_norm[i])})
+                            defect_probs=clip.defect_probs[i],
+                            extras={"used": "musc+clip", "musc_score": float(musc_norm[g]),
+                                    "clip_score": float(clip_norm[g])})

@@ -13,6 +13,7 @@ know nothing about files.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,22 @@ from torch import nn
 
 from zsad.backbones import ClipBackbone
 from zsad.types import RawOutput
+
+
+@dataclass(frozen=True)
+class Share:
+    """This rank's part of a group that several ranks score jointly: ``counts[r]`` images on rank r, in order."""
+
+    comm: Any  # zsad.distributed.Dist
+    counts: tuple[int, ...]
+
+    @property
+    def offset(self) -> int:
+        return sum(self.counts[: self.comm.rank])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
 
 
 class Method(nn.Module):
@@ -61,3 +78,15 @@ class Method(nn.Module):
     def raw(self, features: Any, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         """One :class:`RawOutput` per image of ``features``, in order; ``sizes`` are the originals' (width, height)."""
         raise NotImplementedError
+
+    def raw_across(self, features: Any, sizes: Sequence[tuple[int, int]], share: Share) -> Iterator[RawOutput]:
+        """Like :meth:`raw` for a group spread over ranks: ``features`` (None when this rank holds no image) are
+        this rank's share; yields the outputs of this rank's images only. This default gathers every rank's
+        features on every rank (memory: the whole group's features); MuSc and auto override it with exact
+        scoring that keeps only this rank's share."""
+        every = share.comm.all_gather_object((features, list(sizes)), "gathering a group's features")
+        present = [(f, z) for f, z in every if f is not None]
+        outputs = self.raw(self.combine([f for f, _ in present]), [size for _, z in present for size in z])
+        for index, output in enumerate(outputs):
+            if share.offset <= index < share.offset + len(sizes):
+                yield output

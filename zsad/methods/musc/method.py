@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from zsad.backbones import ClipBackbone, TokenOutput
 from zsad.errors import BatchTooSmallError, UsageError
-from zsad.methods.base import Method
+from zsad.methods.base import Method, Share
 from zsad.methods.musc.msm import musc_patch_scores
 from zsad.methods.musc.rscin import rscin
 from zsad.runtime import autocast
@@ -101,22 +101,25 @@ class MuscMethod(Method):
 
     combine = staticmethod(concat_features)
 
-    def patch_scores(self, feats: MuscFeatures) -> torch.Tensor:
-        """``[N, L]`` mean MSM distances (higher = more anomalous), computed on the backbone's device."""
-        n = feats.pooled.shape[0]
+    def patch_scores(self, feats: MuscFeatures, share: Share | None = None) -> torch.Tensor:
+        """``[N, L]`` mean MSM distances (higher = more anomalous), computed on the backbone's device; with a
+        ``share``, the rows of this rank's images of a group spread over ranks (always exact)."""
+        n = share.total if share is not None else feats.pooled.shape[0]
         if n < MIN_IMAGES:
             raise BatchTooSmallError(
                 f"MuSc scores images against each other and needs a batch of at least {MIN_IMAGES} images of one "
                 f"category, got {n}; use --method clip for fewer images")
         reference_size = self.config.reference_size
-        if reference_size is None and n > self.config.max_exact_images:
+        if reference_size is None and n > self.config.max_exact_images and share is None:
             reference_size = 500
             log.warning("MuSc: %d images > %d, scoring each against 500 sampled references (set reference_size or "
                         "max_exact_images to change)", n, self.config.max_exact_images)
         return musc_patch_scores(feats.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
                                  block=self.config.block, reference_size=reference_size, device=self.device,
                                  progress=self.config.progress, seed=self.config.seed,
-                                 z_dtype=torch.float16 if self.config.msm_precision == "fp16" else torch.float32)
+                                 z_dtype=torch.float16 if self.config.msm_precision == "fp16" else torch.float32,
+                                 comm=share.comm if share is not None else None,
+                                 counts=share.counts if share is not None else None)
 
     def image_scores(self, patch_scores: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image score = max of each upsampled map, re-scored by RsCIN (in [0, 1]); also returns the batch's
@@ -132,10 +135,37 @@ class MuscMethod(Method):
     def raw(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         """Score the whole batch jointly, then yield one output at a time (full-size maps are not all kept)."""
         patch = self.patch_scores(features)
-        scores, (lo, hi) = self.image_scores(patch, features.pooled)
+        yield from self.outputs(patch, features.pooled, sizes)
+
+    def outputs(self, patch: torch.Tensor, pooled: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                first: int = 0) -> Iterator[RawOutput]:
+        """Raw outputs of images ``first .. first + len(sizes)`` of a group whose ``[N, L]`` patch scores and
+        ``[N, D]`` embeddings are given (RsCIN and the map normalisation see the whole group)."""
+        scores, (lo, hi) = self.image_scores(patch, pooled)
         span = float(hi - lo) or 1.0
-        for i, size in enumerate(sizes):
+        for i, size in enumerate(sizes, start=first):
             up = grid_to_image(patch[i][None], self.backbone.image_size, align_corners=True)
             amap = to_original_size((up - lo) / span, [size])[0]
             yield RawOutput(image_score=float(scores[i]), anomaly_map=amap, method=self.name,
                             extras={"map_max_raw": float(up.max())})
+
+    def gathered_patch_scores(self, features: MuscFeatures | None, share: Share) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[N, L]`` patch scores and ``[N, D]`` embeddings of the whole group, on every rank: MSM rows computed
+        where the images are (:func:`mutual_scores_across`), then gathered (N*L + N*D floats: small). A rank whose
+        images all failed still takes part, with features of no image shaped like the others'."""
+        comm = share.comm
+        shapes = comm.all_gather_object(
+            None if features is None else ([tuple(t.shape[1:]) for t in features.layers], features.pooled.shape[1]),
+            "sharing feature shapes")
+        if features is None:
+            layers, width = next(s for s in shapes if s is not None)
+            features = MuscFeatures(layers=[torch.empty((0, *shape), dtype=self.storage_dtype) for shape in layers],
+                                    pooled=torch.empty((0, width)))
+        rows = self.patch_scores(features, share)
+        return (torch.cat(comm.all_gather_tensors(rows.float())),
+                torch.cat(comm.all_gather_tensors(features.pooled.float())))
+
+    def raw_across(self, features: MuscFeatures | None, sizes: Sequence[tuple[int, int]],
+                   share: Share) -> Iterator[RawOutput]:
+        patch, pooled = self.gathered_patch_scores(features, share)
+        yield from self.outputs(patch, pooled, sizes, share.offset)

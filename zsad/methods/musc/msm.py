@@ -256,12 +256,10 @@ def _msm_steps(n: int, block: int, reference_size: int | None) -> int:
     return n
 
 
-def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, bar) -> Tensor:
-    """All pairs. Table ``[N, L, N]`` of max cosines on the compute device, -inf on the diagonal."""
-    n, length, _ = Z.shape
-    device = loader.device
-    table = torch.full((n, length, n), -math.inf, device=device, dtype=torch.float32)
-    scores = torch.empty(n, length, device=device, dtype=torch.float32)
+def _fill_pairs(table: Tensor, loader: _Loader, block: int, bar, offset: int = 0) -> None:
+    """Every pair of the loader's N images, each unordered pair multiplied once: max cosines into
+    ``table[:, :, offset:offset + N]`` (row i holds image i against image j at column ``offset + j``)."""
+    n = loader.Z.shape[0]
     starts = list(range(0, n, block))
     for qi, qs in enumerate(starts):
         qe = min(n, qs + block)
@@ -269,18 +267,68 @@ def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, bar) -> 
         # Diagonal tile: each unordered pair inside the block once (image i against images i+1..qe-1).
         for i in range(qs, qe - 1):
             row, col = loader.tile(_slice_pair(zq, i - qs, i - qs + 1), _slice_pair(zq, i - qs + 1, qe - qs))
-            table[i : i + 1, :, i + 1 : qe] = row
-            table[i + 1 : qe, :, i : i + 1] = col
+            table[i : i + 1, :, offset + i + 1 : offset + qe] = row
+            table[i + 1 : qe, :, offset + i : offset + i + 1] = col
         bar.update()
         for rs in starts[qi + 1 :]:
             re = min(n, rs + block)
             row, col = loader.tile(zq, loader(slice(rs, re)))
-            table[qs:qe, :, rs:re] = row
-            table[rs:re, :, qs:qe] = col
+            table[qs:qe, :, offset + rs : offset + re] = row
+            table[rs:re, :, offset + qs : offset + qe] = col
             bar.update()
-        # Rows qs:qe are complete: earlier blocks filled their columns, this pass the rest.
-        scores[qs:qe] = _lower_mean_distance(table[qs:qe], k)
-    return scores
+
+
+def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, bar) -> Tensor:
+    """All pairs. Table ``[N, L, N]`` of max cosines on the compute device, -inf on the diagonal."""
+    n, length, _ = Z.shape
+    table = torch.full((n, length, n), -math.inf, device=loader.device, dtype=torch.float32)
+    _fill_pairs(table, loader, block, bar)
+    return _lower_mean_distance(table, k)
+
+
+def mutual_scores_across(Z: Tensor, comm, counts: Sequence[int], top_fraction: float = 0.3, *, block: int = 8,
+                         device: torch.device | str | None = None, bar=None) -> Tensor:
+    """Exact MSM of a group whose images are spread over ranks; equals :func:`mutual_scores` on the whole group.
+
+    ``Z`` is this rank's ``[n, L, C]`` share (rank r holds ``counts[r]`` consecutive images of the group, in rank
+    order). Pairs inside the share are multiplied once each (as in one process); the other ranks' shares arrive
+    ``block`` images at a time (:meth:`zsad.distributed.Dist.broadcast_tensor`, every rank in the same order) and
+    are multiplied with this rank's images only. Memory per rank: its share of Z, one received block and a
+    ``[n, L, N]`` fp32 table (4*n*L*N bytes: the single-process table divided by the number of ranks). Sent per
+    rank: its share once to every other rank (2*n*L*C bytes in fp16, 4*n*L*C in fp32, per (r, layer) pass).
+    Pair products per rank: n^2/2 + n*(N - n), against N^2/2 in one process.
+
+    Returns:
+        ``[n, L]`` fp32 scores of this rank's images, on ``Z.device``.
+    """
+    _check_fraction(top_fraction)
+    rank, total = comm.rank, sum(counts)
+    if total < 2:
+        raise BatchTooSmallError(f"mutual scoring needs at least 2 images, got {total}")
+    n, length, channels = Z.shape
+    offset = sum(counts[:rank])
+    dev = torch.device(device) if device is not None else Z.device
+    loader = _Loader(Z, dev, None)
+    table = torch.full((n, length, total), -math.inf, device=dev, dtype=torch.float32)
+    if bar is None:
+        bar = tqdm(disable=True)
+    if n:
+        _fill_pairs(table, loader, block, bar, offset)
+    start = 0
+    for src, count in enumerate(counts):
+        for s in range(0, count, block):
+            e = min(count, s + block)
+            received = comm.broadcast_tensor(Z[s:e] if src == rank else None, (e - s, length, channels), Z.dtype,
+                                             src)
+            if src != rank and n:
+                zr = received.to(dev, torch.float32)
+                for qs in range(0, n, block):
+                    row, _ = _tile_exact(loader(slice(qs, min(n, qs + block)))[0], zr)
+                    table[qs : qs + block, :, start + s : start + e] = row
+                bar.update()
+        start += count
+    k = _num_kept(total - 1, top_fraction)
+    return _lower_mean_distance(table, k).to(Z.device)
 
 
 def _sampled_table_scores(
@@ -444,6 +492,8 @@ def musc_patch_scores(
     *,
     seed: int = 0,
     z_dtype: torch.dtype = torch.float32,
+    comm=None,
+    counts: Sequence[int] | None = None,
 ) -> Tensor:
     """MuSc patch anomaly scores: mean of the len(rs)*len(layers) MSM maps (official ``musc.py``, r outer, layer
     inner, equal weights).
@@ -459,6 +509,9 @@ def musc_patch_scores(
         device: compute device; default the tokens' device.
         progress: one tqdm bar over all ``len(rs) * len(layers)`` mutual-scoring passes.
         z_dtype: storage dtype of the aggregated features.
+        comm, counts: a group spread over ranks (:class:`zsad.distributed.Dist` and each rank's image count);
+            ``layer_tokens`` are then this rank's share and the result its rows (:func:`mutual_scores_across`,
+            always exact: ``reference_size`` is not used).
 
     Returns:
         ``[N, L]`` fp32 on the tokens' device (accumulated in float64 like the official code).
@@ -477,8 +530,9 @@ def musc_patch_scores(
     home = layers[0].device
     dev = torch.device(device) if device is not None else home
     n, length = layers[0].shape[:2]
-    if n < 2:
-        raise BatchTooSmallError(f"mutual scoring needs at least 2 images, got {n}")
+    across = comm is not None and comm.active
+    if (sum(counts) if across else n) < 2:
+        raise BatchTooSmallError(f"mutual scoring needs at least 2 images, got {sum(counts) if across else n}")
     total = torch.zeros(n, length, dtype=torch.float64, device=home)
     steps = len(rs) * len(layers) * _msm_steps(n, block, reference_size)
     with tqdm(total=steps, desc="mutual scoring", disable=not progress, leave=False) as bar:
@@ -486,6 +540,11 @@ def musc_patch_scores(
             for li, tokens in enumerate(layers):
                 z = _lnamd_streamed(tokens, r, dev, max(1, block), z_dtype)
                 logger.debug("MSM for r=%d layer=%d", r, li)
+                if across:
+                    total += mutual_scores_across(z, comm, counts, top_fraction, block=block, device=dev,
+                                                  bar=bar).to(home, torch.float64)
+                    del z
+                    continue
                 total += mutual_scores(
                     z,
                     top_fraction,
