@@ -99,20 +99,29 @@ def add_adapters_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 def cmd_train_prompts(args: argparse.Namespace) -> int:
     from zsad.backbones.names import parse_backbone_name
+    from zsad.cli.options import process_group
+    from zsad.distributed import rank_device
     from zsad.methods.anomalyclip.train import TrainConfig, train_prompts
 
-    warn_random_weights(parse_backbone_name(args.backbone), args.backbone, "the trained prompts are meaningless")
-    config = TrainConfig(
-        data=Path(args.data), out=Path(args.out), format=args.format, split=args.split,
-        categories=parse_categories(args.categories), backbone=args.backbone, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, image_size=args.image_size, seed=args.seed, taps=args.taps,
-        local_weight=args.local_weight, n_ctx=args.n_ctx, deep_length=args.deep_length, deep_depth=args.deep_depth,
-        dpam_layers=args.dpam_layers, device=args.device, precision=args.precision, workers=args.workers,
-        resume=args.resume, progress=not args.quiet, cache_dir=args.cache_dir,
-    )
-    out = train_prompts(config)
-    print(f"zsad: adapter written to {out} (log: {out / 'train_log.csv'}); score with "
-          f"zsad score --method anomalyclip --adapter {out} --backbone {args.backbone} IMAGES", file=sys.stderr)
+    with process_group(args) as dist:
+        if dist.is_main:
+            warn_random_weights(parse_backbone_name(args.backbone), args.backbone,
+                                "the trained prompts are meaningless")
+        config = TrainConfig(
+            data=Path(args.data), out=Path(args.out), format=args.format, split=args.split,
+            categories=parse_categories(args.categories), backbone=args.backbone, epochs=args.epochs, lr=args.lr,
+            batch_size=args.batch_size, image_size=args.image_size, seed=args.seed, taps=args.taps,
+            local_weight=args.local_weight, n_ctx=args.n_ctx, deep_length=args.deep_length,
+            deep_depth=args.deep_depth, dpam_layers=args.dpam_layers, device=rank_device(args.device, dist),
+            precision=args.precision, workers=args.workers, resume=args.resume, progress=not args.quiet,
+            cache_dir=args.cache_dir,
+        )
+        out = train_prompts(config, dist)
+        if dist.is_main:
+            processes = f" ({dist.world_size} processes, effective batch {args.batch_size * dist.world_size})" \
+                if dist.active else ""
+            print(f"zsad: adapter written to {out}{processes} (log: {out / 'train_log.csv'}); score with zsad score "
+                  f"--method anomalyclip --adapter {out} --backbone {args.backbone} IMAGES", file=sys.stderr)
     return 0
 
 

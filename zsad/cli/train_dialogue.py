@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
                          checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
                          precision=args.precision, cache_dir=args.cache_dir, quiet=args.quiet)
     summary = train(config)
-    print(f"trained {summary['steps']} steps on {summary['dialogues']} dialogues, last loss {summary['loss']:.4f}; "
-          f"adapter in {summary['adapter']}")
+    if summary["main"]:
+        processes = f" on {summary['processes']} processes" if summary["processes"] > 1 else ""
+        print(f"trained {summary['steps']} steps{processes} on {summary['dialogues']} dialogues, last loss "
+              f"{summary['loss']:.4f}; adapter in {summary['adapter']}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 import sys
 import time
@@ -84,7 +85,7 @@ def encode_dialogue(processor: Any, messages: list[dict[str, Any]], images: list
     return out
 
 
-def _load_rows(config: TrainConfig, out: Path) -> list[dict[str, Any]]:
+def _load_rows(config: TrainConfig, out: Path, write: bool = True) -> list[dict[str, Any]]:
     from zsad.dialogue.instructions import read_jsonl, synthesise, write_jsonl
 
     data = Path(config.data)
@@ -92,7 +93,8 @@ def _load_rows(config: TrainConfig, out: Path) -> list[dict[str, Any]]:
         rows = read_jsonl(data)
     elif data.is_dir():
         rows = synthesise(data, seed=config.seed)
-        write_jsonl(rows, out / "dialogues.jsonl")
+        if write:
+            write_jsonl(rows, out / "dialogues.jsonl")
     else:
         raise DatasetError(f"--data {data}: not a dataset folder or a .jsonl file of dialogues")
     if not rows:
@@ -152,10 +154,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if device.type == "cpu":
         mixed = "no"
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    main = accelerator.is_main_process
     torch.manual_seed(config.seed)
-    rows = _load_rows(config, out)
+    rows = _load_rows(config, out, write=main)
     model, processor, random_weights = _load_base(config)
-    if random_weights:
+    if random_weights and main:
         print(f"zsad: WARNING: training on '{config.base}', a model with random weights: the adapter is only a smoke test",
               file=sys.stderr)
     settings = LoraSettings(r=config.lora_r, alpha=2 * config.lora_r)
@@ -180,18 +183,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
     new_log = not (config.resume and log_path.is_file())
     if not new_log:
         _truncate_log(log_path, step)
-    log_file = open(log_path, "w" if new_log else "a", newline="", encoding="utf-8")  # noqa: SIM115
+    # only the main process writes the log, checkpoints and the adapter (the others' files would race with it)
+    log_file = open(log_path if main else os.devnull, "w" if new_log else "a", newline="", encoding="utf-8")  # noqa: SIM115
     writer = csv.writer(log_file)
     if new_log:
         writer.writerow(["step", "epoch", "loss", "lr", "seconds"])
     started = time.perf_counter()
     last_loss = float("nan")
     next_index = start_index
-    bar = tqdm(total=total, initial=min(step, total), disable=config.quiet, desc="train-dialogue", unit="step")
+    bar = tqdm(total=total, initial=min(step, total), disable=config.quiet or not main, desc="train-dialogue",
+               unit="step")
 
     def checkpoint_now() -> None:
-        _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, settings, config.base,
-                         {"step": step, "epoch": epoch, "index": next_index})
+        if main:
+            _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, settings, config.base,
+                             {"step": step, "epoch": epoch, "index": next_index})
+        accelerator.wait_for_everyone()
 
     try:
         while step < total and epoch < config.epochs:
@@ -201,14 +208,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 batch = [rows[i] for i in order[next_index:next_index + config.batch_size]]
                 optimizer.zero_grad()
                 loss_sum = 0.0
-                for row in batch:
+                # with several processes each takes every n-th dialogue of the batch; gradients are summed over
+                # the processes once per step (the same step as one process taking the whole batch)
+                for row in batch[accelerator.process_index::accelerator.num_processes]:
                     images = [_open_image(row["image"])] if _count_images(row["messages"]) else []
                     inputs = encode_dialogue(processor, row["messages"], images)
                     inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
-                    with accelerator.autocast():
+                    with accelerator.no_sync(model), accelerator.autocast():
                         loss = model(**inputs).loss / len(batch)
-                    accelerator.backward(loss)
+                        accelerator.backward(loss)
                     loss_sum += float(loss.detach())
+                loss_sum = _sum_over_processes(model, loss_sum, accelerator)
                 optimizer.step()
                 step += 1
                 next_index += config.batch_size
@@ -228,10 +238,30 @@ def train(config: TrainConfig) -> dict[str, Any]:
     finally:
         bar.close()
         log_file.close()
-    save_lora(accelerator.unwrap_model(model), out, base_model=config.base, settings=settings,
-              extra={"second_view": False, "steps": step, "final_loss": last_loss, "data": str(config.data),
-                     "random_base": random_weights})
-    return {"steps": step, "loss": last_loss, "adapter": str(out), "dialogues": len(rows)}
+    if main:
+        save_lora(accelerator.unwrap_model(model), out, base_model=config.base, settings=settings,
+                  extra={"second_view": False, "steps": step, "final_loss": last_loss, "data": str(config.data),
+                         "random_base": random_weights, "processes": accelerator.num_processes})
+    accelerator.wait_for_everyone()
+    return {"steps": step, "loss": last_loss, "adapter": str(out), "dialogues": len(rows), "main": main,
+            "processes": accelerator.num_processes}
+
+
+def _sum_over_processes(model: Any, loss: float, accelerator: Any) -> float:
+    """Sum the trainable parameters' gradients and the step's loss over the processes (a no-op in one)."""
+    if accelerator.num_processes == 1:
+        return loss
+    import torch
+    import torch.distributed as dist
+
+    for param in model.parameters():
+        if param.requires_grad:
+            if param.grad is None:  # a process whose share of the batch was empty
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad)
+    total = torch.tensor([loss], device=accelerator.device)
+    dist.all_reduce(total)
+    return float(total)
 
 
 def _truncate_log(path: Path, step: int) -> None:

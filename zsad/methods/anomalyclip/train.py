@@ -29,6 +29,7 @@ from PIL import Image
 
 from zsad.backbones import ClipBackbone
 from zsad.backbones.names import DEFAULT_BACKBONE
+from zsad.distributed import Dist, DistributedError
 from zsad.errors import DatasetError, UsageError
 from zsad.fileio import atomic_dir, atomic_write_text, settle_dir
 from zsad.methods.anomalyclip.adapter import KIND, PromptSettings, save_prompt_adapter
@@ -157,12 +158,41 @@ class PromptTrainer:
         return anomalyclip_loss(state_logits(feats.global_, text), labels.to(device), maps, masks.to(device),
                                 self.local_weight)
 
-    def step(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossParts:
-        parts = self.loss(images, masks, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
+    def step(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, dist: Dist | None = None
+             ) -> LossParts | None:
+        """One optimiser step. With several ranks each holds a slice of the global batch (possibly empty): the
+        gradients are averaged over all the batch's images (each rank's mean-loss gradient weighted by its image
+        count, summed with ``all_reduce``), so every rank takes the same step — DDP's rule, done by hand because
+        the learner is read by the text encoder rather than called through ``forward``."""
+        self.optimizer.zero_grad(set_to_none=False)
+        parts = None
+        if images.shape[0]:
+            parts = self.loss(images, masks, labels)
+            parts.total.backward()
+        if dist is not None and dist.active:
+            self._average_gradients(images.shape[0], dist)
         self.optimizer.step()
         return parts
+
+    def _average_gradients(self, count: int, dist: Dist) -> None:
+        import torch.distributed as torch_dist
+
+        params = [p for p in self.learner.parameters() if p.requires_grad]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) * count
+                          for p in params] + [torch.tensor([float(count)], device=params[0].device)])
+        flat = flat.to(dist._device())
+        dist._call("averaging gradients", torch_dist.all_reduce, flat)
+        flat = flat.to(params[0].device)
+        total = float(flat[-1])
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = (flat[offset:offset + n] / total).view_as(p).to(p.dtype)
+            offset += n
+
+    def fingerprint(self) -> float:
+        """A number that differs when the learned parameters differ (the ranks compare it after every step)."""
+        return float(sum(p.detach().double().sum() + (p.detach().double() ** 2).sum() for p in self.learner.parameters()))
 
     # -- state as tensors only (safetensors), so resuming never unpickles --------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -229,16 +259,37 @@ def _signature(config: TrainConfig, settings: PromptSettings) -> dict[str, Any]:
             "seed": config.seed, **settings.to_config()}
 
 
-def train_prompts(config: TrainConfig) -> Path:
-    """Train (or resume) and return the adapter folder ``config.out``."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: Dist | None = None) -> list[list[int]]:
+    """This rank's image indices for each step of an epoch. The order depends only on (seed, epoch), so a resumed
+    run sees the same batches; with R ranks a step's global batch is ``batch_size * R`` images and rank r takes the
+    r-th ``batch_size`` of it (the last step's slices may be short or empty). One process gets the order
+    ``DataLoader(shuffle=True)`` draws from the same generator."""
+    world, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    step = batch_size * world
+    return [order[s + rank * batch_size: s + (rank + 1) * batch_size] for s in range(0, n, step)]
+
+
+def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
+    """Train (or resume) and return the adapter folder ``config.out``.
+
+    Under ``torchrun`` / ``accelerate launch`` (``dist`` with several ranks) the data are split per step (see
+    :func:`epoch_batches`): the effective batch is ``batch_size`` x ranks and the learning rate is used as given
+    (scale it yourself, e.g. linearly with the effective batch, when you change the number of ranks); gradients are
+    averaged over the effective batch, so every rank takes the same step (checked after every step). Rank 0 writes
+    the adapter, the resume state and the log; ``--resume`` works the same.
+    """
     from tqdm.auto import tqdm
 
     from zsad.backbones import load_backbone
     from zsad.runtime import resolve_device, resolve_precision
 
+    dist = dist or Dist()
     config.check()
     out = Path(config.out)
-    settle_dir(out)  # a run killed in the middle of swapping its epoch folder left the previous epoch aside
+    if dist.is_main:
+        settle_dir(out)  # a run killed in the middle of swapping its epoch folder left the previous epoch aside
+    dist.barrier("checking the output folder")
     if not config.resume and out.exists() and any((out / n).exists() for n in (STATE_NAME, "adapter.json")):
         raise UsageError(f"{out} already holds an adapter or a training run; pass --resume to continue it, or "
                          f"choose another --out")
@@ -259,6 +310,8 @@ def train_prompts(config: TrainConfig) -> Path:
     trainer = PromptTrainer(backbone, learner, taps=taps, dpam_layers=dpam_layers, local_weight=local_weight,
                             lr=config.lr, dtype=dtype)
     signature = _signature(config, settings)
+    if dist.active:
+        signature["processes"] = dist.world_size  # the batches each step sees depend on it
     done = 0
     if config.resume and (out / STATE_NAME).is_file():
         tensors, meta = _read_state(out)
@@ -269,40 +322,62 @@ def train_prompts(config: TrainConfig) -> Path:
         done = int(meta["epochs_done"])
         log.info("resuming %s after epoch %d of %d", out, done, config.epochs)
     rows = _read_log(out, done) if done else []
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     dataset = MaskedImages(samples, backbone.preprocess, config.image_size)
-    steps_per_epoch = -(-len(dataset) // config.batch_size)
+    steps_per_epoch = len(epoch_batches(len(dataset), config.batch_size, config.seed, 0, dist))
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=done * steps_per_epoch, unit="step",
-               disable=not config.progress or None, desc="train-prompts")
+               disable=not config.progress or not dist.is_main or None, desc="train-prompts")
     try:
         for epoch in range(done, config.epochs):
             started = time.perf_counter()
-            # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
-            order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                                                 generator=order, num_workers=config.workers)
-            totals = np.zeros(3)
-            steps = 0
-            for images, masks, labels in loader:
-                parts = trainer.step(images, masks, labels)
-                totals += [float(parts.total.detach()), float(parts.global_.detach()), float(parts.local.detach())]
-                steps += 1
+            batches = epoch_batches(len(dataset), config.batch_size, config.seed, epoch, dist)
+            loader = iter(torch.utils.data.DataLoader(dataset, batch_sampler=[b for b in batches if b],
+                                                      num_workers=config.workers))
+            totals = np.zeros(4)  # loss sums weighted by images, and the image count
+            for indices in batches:
+                images, masks, labels = next(loader) if indices else _empty_batch(dataset.size)
+                parts = trainer.step(images, masks, labels, dist)
+                if parts is not None:
+                    n = len(indices)
+                    totals += [n * float(parts.total.detach()), n * float(parts.global_.detach()),
+                               n * float(parts.local.detach()), n]
+                _check_in_step(trainer, dist)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / steps:.4f}")
-            means = totals / max(steps, 1)
-            rows.append({"epoch": epoch + 1, "steps": steps, "loss": f"{means[0]:.6f}",
+            totals = np.sum(dist.all_gather_object(totals.tolist(), "summing the epoch's losses"), axis=0)
+            means = totals[:3] / max(totals[3], 1)
+            rows.append({"epoch": epoch + 1, "steps": len(batches), "loss": f"{means[0]:.6f}",
                          "global_loss": f"{means[1]:.6f}", "local_loss": f"{means[2]:.6f}",
                          "seconds": f"{time.perf_counter() - started:.2f}"})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{means[0]:.4f}")
             training = {**summary, "epochs": config.epochs, "epochs_done": epoch + 1, "lr": config.lr,
                         "betas": [0.5, 0.999], "batch_size": config.batch_size, "seed": config.seed,
-                        "precision": config.precision, "final_loss": round(float(means[0]), 6)}
-            with atomic_dir(out) as folder:  # state, adapter and log of this epoch appear together
-                _write_state(folder, trainer, {"epochs_done": epoch + 1, "signature": signature})
-                save_prompt_adapter(folder, trainer.learner, settings, training=training, source={"kind": "trained"})
-                _write_log(folder, rows)
+                        "precision": config.precision, "final_loss": round(float(means[0]), 6),
+                        "processes": dist.world_size, "effective_batch_size": config.batch_size * dist.world_size}
+            if dist.is_main:
+                with atomic_dir(out) as folder:  # state, adapter and log of this epoch appear together
+                    _write_state(folder, trainer, {"epochs_done": epoch + 1, "signature": signature})
+                    save_prompt_adapter(folder, trainer.learner, settings, training=training,
+                                        source={"kind": "trained"})
+                    _write_log(folder, rows)
+            dist.barrier("writing the epoch's adapter")
     finally:
         bar.close()
     return out
+
+
+def _empty_batch(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch of a rank whose slice of the last step is empty (it still takes part in the step)."""
+    return torch.empty(0, 3, size, size), torch.empty(0, size, size), torch.empty(0, dtype=torch.long)
+
+
+def _check_in_step(trainer: PromptTrainer, dist: Dist) -> None:
+    """Every rank must hold the same parameters after a step (data parallelism's invariant)."""
+    if not dist.active:
+        return
+    prints = dist.all_gather_object(trainer.fingerprint(), "comparing the ranks' parameters")
+    if max(prints) - min(prints) > 1e-9 * max(1.0, abs(prints[0])):
+        raise DistributedError(f"the ranks' prompt parameters differ after a step ({prints}); this is a bug")
 
 
 def training_config_fields() -> set[str]:
