@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
+from collections.abc import Callable, Iterator
 
 from zsad.errors import UsageError
 
@@ -70,3 +73,54 @@ def parse_categories(text: str | None) -> tuple[str, ...] | None:
     if not names:
         raise UsageError("--categories is empty; leave it out to use every category")
     return names
+
+
+#: Arguments that may differ between the ranks of one run (the rest must match).
+_PER_RANK_ARGUMENTS = frozenset({"func"})
+
+
+@contextlib.contextmanager
+def process_group(args: argparse.Namespace) -> Iterator:
+    """The :class:`zsad.distributed.Dist` of a command started by ``torchrun`` / ``accelerate launch`` (a no-op
+    object in one process): joined for the command, checked for identical arguments, closed at the end."""
+    from zsad.distributed import from_env
+
+    dist = from_env(getattr(args, "device", "auto"))
+    try:
+        dist.check_same({k: v for k, v in vars(args).items() if k not in _PER_RANK_ARGUMENTS}, "arguments")
+        yield dist
+    finally:
+        dist.close()
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, quiet: bool, dist, outputs) -> Iterator[Callable[[int], None]]:
+    """One bar on rank 0 over all ranks' images: its own progress plus the rows the other ranks' shards hold
+    (read at most once a second; no collective, so a slow rank never stalls the bar)."""
+    from tqdm.auto import tqdm
+
+    own = 0
+    last = 0.0
+    with tqdm(total=total, unit="img", file=sys.stderr, disable=quiet or not dist.is_main or None) as bar:
+        def advance(n: int) -> None:
+            nonlocal own, last
+            own += n
+            if not dist.active:
+                bar.update(n)
+                return
+            now = time.monotonic()
+            if now - last >= 1.0:
+                last = now
+                others = sum(_rows(outputs.shard(r) / "results.csv") for r in range(1, dist.world_size))
+                bar.n = min(total, own + others)
+                bar.refresh()
+
+        yield advance
+
+
+def _rows(csv_path) -> int:
+    try:
+        with open(csv_path, "rb") as handle:
+            return max(0, handle.read().count(b"\n") - 1)
+    except OSError:
+        return 0
