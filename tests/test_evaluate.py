@@ -14,7 +14,7 @@ from zsad.cli.evaluate import add_parser as add_evaluate_parser
 from zsad.data.datasets import open_dataset
 from zsad.data.synthetic import make_dataset
 from zsad.errors import DatasetError, UsageError
-from zsad.evaluate import METRIC_KEYS, EvaluateConfig, evaluate, run_signature
+from zsad.evaluate import AUPIMO_FPR_BOUNDS, METRIC_KEYS, EvaluateConfig, evaluate, run_signature
 
 CATEGORIES = ("weave", "disc")
 
@@ -34,7 +34,8 @@ def _config(data: Path, out: Path, **changes) -> EvaluateConfig:
 
 
 def _check_summary(summary: dict, categories: tuple[str, ...]) -> None:
-    assert set(summary) == {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds", "n_failed"}
+    assert set(summary) == {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds", "n_failed",
+                            "aupimo", "defect_types", "defect_type_naming"}
     assert summary["n_failed"] == {c: 0 for c in categories}
     assert sorted(summary["categories"]) == sorted(categories)
     assert sorted(summary["f1_thresholds"]) == sorted(categories)
@@ -43,6 +44,8 @@ def _check_summary(summary: dict, categories: tuple[str, ...]) -> None:
         assert set(metrics) == set(METRIC_KEYS)
         for value in metrics.values():
             assert 0.0 <= value <= 1.0
+    assert summary["aupimo"]["fpr_bounds"] == [1e-5, 1e-4]
+    assert sorted(summary["aupimo"]["categories"]) == sorted(categories)
 
 
 def test_end_to_end_writes_metrics(dataset, tmp_path):
@@ -51,13 +54,15 @@ def test_end_to_end_writes_metrics(dataset, tmp_path):
     _check_summary(summary, CATEGORIES)
     assert json.loads((out / "metrics.json").read_text()) == summary
     table = (out / "metrics.md").read_text()
-    assert "**mean**" in table and "aupro (mvtec)" in table
+    assert "**mean**" in table and "aupro (mvtec)" in table and "| aupimo |" in table
+    assert "AUPIMO per image" in table and "Per defect type" in table and "Defect-type naming" in table
     assert all(f"| {c} |" in table for c in CATEGORIES)
     for category in CATEGORIES:
         record = json.loads((out / "categories" / f"{category}.json").read_text())
         assert record["n_images"] == 6 and record["seconds"] >= 0
         rows = (out / "per_image" / f"{category}.csv").read_text().splitlines()
-        assert rows[0] == "path,label,score,defect_type,pred_defect_type,error" and len(rows) == 7
+        assert rows[0] == ("path,label,score,defect_type,pred_defect_type,error,aupimo,top_defect_type,"
+                           "mapped_defect_type") and len(rows) == 7
     assert not list(out.rglob("*.tmp"))
 
 
@@ -207,3 +212,99 @@ def test_signature_follows_the_adapter_weights_not_just_its_path(dataset, tmp_pa
     assert after != before and after["method_options"] == before["method_options"]
     save_adapter(folder, "anomalyclip-prompts", {"taps": [1]}, {"w": torch.ones(3)})  # same weights, other settings
     assert run_signature(config, dataset) != after
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_per_type_breakdown_aupimo_and_type_naming_on_two_types(tmp_path):
+    """Synthetic data with two defect types; every reported figure is recomputed from the per-image CSV."""
+    from sklearn.metrics import roc_auc_score
+
+    data = tmp_path / "data"
+    make_dataset(data, categories=["grain"], n_train_good=0, n_test_good=4, n_test_defect=4,
+                 defect_types=["scratch", "hole"], size=96, seed=3)
+    summary = evaluate(_config(data, tmp_path / "eval"))
+    rows = _csv_rows(tmp_path / "eval" / "per_image" / "grain.csv")
+    per_type = summary["defect_types"]["grain"]
+    assert sorted(per_type) == ["hole", "scratch"]
+    normal = [r for r in rows if r["label"] == "0"]
+    for kind, found in per_type.items():
+        mine = [r for r in rows if r["defect_type"] == kind]
+        assert found["n_images"] == len(mine) == 2
+        chosen = normal + mine
+        expected = roc_auc_score([int(r["label"]) for r in chosen], [float(r["score"]) for r in chosen])
+        assert found["image_auroc"] == pytest.approx(expected, abs=1e-5)  # the CSV rounds scores to 6 decimals
+        assert found["aupimo"] == pytest.approx(np.mean([float(r["aupimo"]) for r in mine]), abs=1e-6)
+        assert 0.0 <= found["pixel_auroc"] <= 1.0 and 0.0 <= found["aupro"] <= 1.0
+
+    values = [float(r["aupimo"]) for r in rows if r["aupimo"]]
+    assert len(values) == 4 and all(r["aupimo"] == "" for r in normal)
+    stats = summary["aupimo"]["categories"]["grain"]
+    assert stats["n_images"] == 4 and stats["n_undefined"] == 4
+    assert stats["mean"] == pytest.approx(np.mean(values), abs=1e-6)
+    assert stats["median"] == pytest.approx(np.median(values), abs=1e-6)
+    assert summary["categories"]["grain"]["aupimo"] == pytest.approx(stats["mean"])
+
+    naming = summary["defect_type_naming"]["categories"]["grain"]
+    anomalous = [r for r in rows if r["label"] == "1"]
+    assert all(r["mapped_defect_type"] == r["defect_type"] for r in anomalous)  # both are vocabulary types
+    assert all(r["top_defect_type"] for r in rows)  # clip names a type for every image
+    assert naming["n_images"] == 4 and naming["unmapped"] == [] and naming["mapping"] == {"hole": "hole",
+                                                                                         "scratch": "scratch"}
+    assert naming["accuracy"] == pytest.approx(np.mean([r["top_defect_type"] == r["defect_type"]
+                                                        for r in anomalous]))
+
+
+def test_unmapped_and_unnamed_types_are_listed_not_guessed(tmp_path):
+    """A folder named 'broken_large' (listed as unmapped) stays out of the naming scores; VisA-style 'anomaly'
+    types (no type named) give no per-type breakdown."""
+    import shutil
+
+    data = tmp_path / "data"
+    make_dataset(data, categories=["weave"], n_train_good=0, n_test_good=3, n_test_defect=4,
+                 defect_types=["scratch", "hole"], size=64, seed=1)
+    for folder in ("test", "ground_truth"):
+        shutil.move(data / "weave" / folder / "hole", data / "weave" / folder / "broken_large")
+    summary = evaluate(_config(data, tmp_path / "eval"))
+    naming = summary["defect_type_naming"]["categories"]["weave"]
+    assert naming["unmapped"] == ["broken_large"] and naming["n_images"] == 2
+    assert summary["defect_type_naming"]["overall"]["unmapped"] == ["broken_large"]
+    assert sorted(summary["defect_types"]["weave"]) == ["broken_large", "scratch"]
+    assert "broken_large" in (tmp_path / "eval" / "metrics.md").read_text()
+
+    for folder in ("test", "ground_truth"):
+        for kind in ("scratch", "broken_large"):
+            for f in (data / "weave" / folder / kind).iterdir():
+                (data / "weave" / folder / "anomaly").mkdir(exist_ok=True)
+                shutil.move(f, data / "weave" / folder / "anomaly" / f"{kind}_{f.name}")
+            (data / "weave" / folder / kind).rmdir()
+    summary = evaluate(_config(data, tmp_path / "eval2"))
+    assert summary["defect_types"] == {} and summary["defect_type_naming"]["categories"] == {}
+
+
+def test_aupimo_bounds_are_settings_of_the_run(dataset, tmp_path, capsys):
+    out = tmp_path / "eval"
+    first = evaluate(_config(dataset, out, categories=("weave",)))
+    from zsad.metrics import DEFAULT_FPR_BOUNDS
+
+    assert tuple(first["aupimo"]["fpr_bounds"]) == AUPIMO_FPR_BOUNDS == DEFAULT_FPR_BOUNDS == (1e-5, 1e-4)
+    with pytest.raises(UsageError, match=r"cannot resume.*aupimo_fpr_bounds"):
+        evaluate(_config(dataset, out, categories=("weave",), aupimo_fpr_bounds=(1e-4, 1e-3), resume=True))
+    with pytest.raises(UsageError, match="FPR bounds"):
+        evaluate(_config(dataset, out, categories=("weave",), aupimo_fpr_bounds=(1e-3, 1e-4)))
+    parser = argparse.ArgumentParser()
+    add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "--data", str(dataset), "--method", "clip", "--backbone", "tiny-random",
+                              "--image-size", "56", "--categories", "weave", "--out", str(tmp_path / "cli"),
+                              "--device", "cpu", "--precision", "fp32", "--aupimo-fpr-bounds", "1e-4", "1e-2", "-q"])
+    assert args.func(args) == 0
+    summary = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert summary["aupimo"]["fpr_bounds"] == [1e-4, 1e-2]
+    assert "[0.0001, 0.01]" in capsys.readouterr().out
+    # the resumed run reads the per-image values back and pools them again
+    again = evaluate(_config(dataset, tmp_path / "cli", categories=("weave",), aupimo_fpr_bounds=(1e-4, 1e-2),
+                             resume=True))
+    assert again["aupimo"] == summary["aupimo"]

@@ -12,6 +12,7 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from zsad.errors import UsageError
 from zsad.metrics import (
+    aupimo,
     aupro,
     compute_all,
     f1_max,
@@ -360,8 +361,10 @@ def test_compute_all_keys() -> None:
         "pixel_ap",
         "pixel_f1_max",
         "aupro",
+        "aupimo",
     ]
     assert full["aupro"] == aupro(maps, masks, variant="cflow")
+    assert full["aupimo"] == np.nanmean(aupimo(maps, masks).values)
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in full.values())
     with_t = compute_all(scores, labels, maps, masks, aupro_variant="cflow", with_thresholds=True)
     assert list(with_t)[-2:] == ["image_f1_threshold", "pixel_f1_threshold"]
@@ -378,6 +381,7 @@ def test_moderately_large_input_is_fast() -> None:
     masks[::2, 100:140, 60:90] = True
     maps = rng.random((200, 256, 256), dtype=np.float32) + masks * np.float32(0.3)
     start = time.perf_counter()
-    compute_all(maps.max(axis=(1, 2)), masks.any(axis=(1, 2)), list(maps), list(masks))
+    found = compute_all(maps.max(axis=(1, 2)), masks.any(axis=(1, 2)), list(maps), list(masks))  # with AUPIMO
     aupro(list(maps), list(masks), variant="cflow")
     assert time.perf_counter() - start < 10.0  # ~13M pixels; a couple of seconds on a laptop
+    assert 0.0 <= found["aupimo"] <= 1.0

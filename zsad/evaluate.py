@@ -2,11 +2,25 @@
 
 Layout of the output folder::
 
-    OUT/per_image/<category>.csv     path,label,score,defect_type,pred_defect_type,error (one row per test image)
+    OUT/per_image/<category>.csv     one row per test image (columns below)
     OUT/categories/<category>.json   metrics, seconds, n_images and n_failed of one category (the resume marker)
     OUT/metrics.json                 {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds",
-                                      "n_failed"}
-    OUT/metrics.md                   Markdown table: one row per category and a mean row
+                                      "n_failed", "aupimo", "defect_types", "defect_type_naming"}
+    OUT/metrics.md                   Markdown tables: one row per category and a mean row, then AUPIMO, the
+                                     per-defect-type breakdown and the defect-type naming scores
+
+Per-image columns: ``path, label, score`` (image score), ``defect_type`` (the dataset's), ``pred_defect_type``
+(the type zsad names for an image it flags anomalous, else empty), ``error``, then ``aupimo`` (empty for normal
+images and without masks), ``top_defect_type`` (the most likely type of ``defect_probs``, whatever the decision)
+and ``mapped_defect_type`` (the dataset's type in zsad's vocabulary through ``prompts/defect_type_map.yaml``;
+empty when unmapped).
+
+``metrics.json`` beyond the per-category and mean metrics (``aupimo`` there is the category's mean AUPIMO):
+``aupimo`` = ``{"fpr_bounds", "categories": {cat: stats}, "overall": stats}`` with stats ``mean, q1, median, q3,
+n_images, n_undefined`` (overall pools every image); ``defect_types`` = ``{cat: {type: {n_images, image_auroc,
+pixel_auroc, aupro, aupimo}}}`` for categories whose dataset names types; ``defect_type_naming`` =
+``{"categories": {cat: {accuracy, macro_f1, n_images, types, mapping, unmapped}}, "overall": ...}`` when the method
+names defect types (``top_defect_type`` against ``mapped_defect_type`` over the anomalous images with a mapped type).
 
 Every file is written atomically (temporary file, then ``os.replace``), so an interrupted run leaves
 only finished categories behind and ``resume=True`` continues from there. A test image that cannot be read (or
@@ -19,6 +33,7 @@ signature is refused with a message naming what changed.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -41,16 +56,21 @@ if TYPE_CHECKING:
 
     from zsad.data.datasets import Dataset, Sample
     from zsad.detector import Detector
+    from zsad.metrics.type_map import TypeMap
     from zsad.runner import Outcome
 
 log = logging.getLogger(__name__)
 
 #: Metric keys, in table order.
 METRIC_KEYS: tuple[str, ...] = (
-    "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro",
+    "image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupimo",
 )
 #: Config fields a resumed category must share with the current run (besides the data and file contents).
-_SIGNATURE_FIELDS: tuple[str, ...] = ("method", "backbone", "image_size", "aupro_variant", "method_options")
+_SIGNATURE_FIELDS: tuple[str, ...] = ("method", "backbone", "image_size", "aupro_variant", "aupimo_fpr_bounds",
+                                      "method_options")
+#: The paper's AUPIMO integration range (= ``zsad.metrics.aupimo.DEFAULT_FPR_BOUNDS``; not imported: that pulls in
+#: scikit-learn at import time).
+AUPIMO_FPR_BOUNDS: tuple[float, float] = (1e-5, 1e-4)
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,7 @@ class EvaluateConfig:
     categories: tuple[str, ...] | None = None
     format: str = "auto"
     aupro_variant: str = "mvtec"
+    aupimo_fpr_bounds: tuple[float, float] = AUPIMO_FPR_BOUNDS
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -82,11 +103,15 @@ def _sha256(path: Path) -> str | None:
 
 def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
     """The settings that make two runs' numbers comparable: the resolved data root and detected format, the method,
-    backbone, input size, AUPRO variant and method options, the prompt file's contents, and the adapter's settings
-    (``adapter.json``) and weights — so an edited prompt file or a retrained adapter in the same folder is never
-    mistaken for the old one on ``--resume``."""
+    backbone, input size, AUPRO variant, AUPIMO FPR bounds and method options, the prompt file's contents, the
+    defect-type map's contents, and the adapter's settings (``adapter.json``) and weights — so an edited prompt file
+    or a retrained adapter in the same folder is never mistaken for the old one on ``--resume``."""
+    from zsad.metrics.type_map import sha256_of_bundled
+
     found: dict[str, Any] = {name: getattr(config, name) for name in _SIGNATURE_FIELDS}
+    found["aupimo_fpr_bounds"] = [float(b) for b in config.aupimo_fpr_bounds]  # a list, as JSON reads it back
     found["method_options"] = {k: str(v) for k, v in sorted(config.method_options.items())}
+    found["type_map_sha256"] = sha256_of_bundled()
     found["data"] = str(Path(dataset.root).resolve())
     found["format"] = dataset.format
     prompts = config.method_options.get("prompts")
@@ -119,7 +144,10 @@ class CategoryResult:
 
     ``f1_thresholds`` holds the F1-optimal decision thresholds (``image``, and ``pixel`` with masks): what a
     user with labels would set ``--threshold`` to for this category and method. ``n_failed`` test images could not
-    be scored and are not in the metrics.
+    be scored and are not in the metrics. ``aupimo`` holds the AUPIMO statistics, ``defect_types`` the per-type
+    breakdown and ``type_naming`` the defect-type naming scores (each empty when not defined for the category);
+    ``aupimo_values`` (per scored image, None = undefined) and ``type_pairs`` ([mapped true type, named type] per
+    anomalous image) let the run pool every category into the overall figures, also after a resume.
     """
 
     category: str
@@ -128,23 +156,60 @@ class CategoryResult:
     n_images: int
     f1_thresholds: dict[str, float] = field(default_factory=dict)
     n_failed: int = 0
+    aupimo: dict[str, Any] = field(default_factory=dict)
+    defect_types: dict[str, Any] = field(default_factory=dict)
+    type_naming: dict[str, Any] = field(default_factory=dict)
+    aupimo_values: list[float | None] = field(default_factory=list)
+    type_pairs: list[list[str]] = field(default_factory=list)
 
     def to_dict(self, signature: dict[str, Any]) -> dict[str, Any]:
         return {"category": self.category, "metrics": self.metrics, "f1_thresholds": self.f1_thresholds,
-                "seconds": self.seconds, "n_images": self.n_images, "n_failed": self.n_failed, "config": signature}
+                "seconds": self.seconds, "n_images": self.n_images, "n_failed": self.n_failed,
+                "aupimo": self.aupimo, "defect_types": self.defect_types, "type_naming": self.type_naming,
+                "aupimo_values": self.aupimo_values, "type_pairs": self.type_pairs, "config": signature}
+
+
+@dataclass
+class _Found:
+    """What :func:`_category_metrics` computes: the CategoryResult fields, and the per-image columns of the CSV."""
+
+    metrics: dict[str, float | None]
+    thresholds: dict[str, float]
+    aupimo: dict[str, Any] = field(default_factory=dict)
+    defect_types: dict[str, Any] = field(default_factory=dict)
+    type_naming: dict[str, Any] = field(default_factory=dict)
+    type_pairs: list[list[str]] = field(default_factory=list)
+    aupimo_values: list[float | None] = field(default_factory=list)  # scored images only
+    #: per test image, in the samples' order (failed images too): the extra CSV columns
+    aupimo_column: list[float | None] = field(default_factory=list)
+    top_types: list[str] = field(default_factory=list)
+    mapped_types: list[str] = field(default_factory=list)
+
+    def fields(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`CategoryResult`."""
+        return {"metrics": self.metrics, "f1_thresholds": self.thresholds, "aupimo": self.aupimo,
+                "defect_types": self.defect_types, "type_naming": self.type_naming, "type_pairs": self.type_pairs,
+                "aupimo_values": self.aupimo_values}
 
 
 # --------------------------------------------------------------------------- files
 
 
-def _per_image_csv(samples: Sequence[Sample], outcomes: Sequence[Outcome]) -> str:
+def _per_image_csv(samples: Sequence[Sample], outcomes: Sequence[Outcome], found: _Found | None = None) -> str:
+    """The per-image table; without ``found`` (metrics not computed yet) the metric columns are empty."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "score", "defect_type", "pred_defect_type", "error"])
-    for sample, outcome in zip(samples, outcomes):
+    writer.writerow(["path", "label", "score", "defect_type", "pred_defect_type", "error", "aupimo",
+                     "top_defect_type", "mapped_defect_type"])
+    n = len(samples)
+    aupimo = found.aupimo_column if found and found.aupimo_column else [None] * n
+    top = found.top_types if found and found.top_types else [""] * n
+    mapped = found.mapped_types if found and found.mapped_types else [""] * n
+    for sample, outcome, value, top_type, mapped_type in zip(samples, outcomes, aupimo, top, mapped):
         result = outcome.result
         writer.writerow([str(sample.image_path), sample.label, f"{result.image_score:.6f}" if result else "",
-                         sample.defect_type, (result.defect_type or "") if result else "", outcome.error or ""])
+                         sample.defect_type, (result.defect_type or "") if result else "", outcome.error or "",
+                         "" if value is None else f"{value:.6f}", top_type, mapped_type])
     return buffer.getvalue()
 
 
@@ -157,7 +222,9 @@ def _load_done(path: Path, signature: dict[str, Any]) -> CategoryResult | None:
         record = json.loads(path.read_text(encoding="utf-8"))
         done = CategoryResult(record["category"], dict(record["metrics"]), float(record["seconds"]),
                               int(record["n_images"]), dict(record.get("f1_thresholds", {})),
-                              int(record.get("n_failed", 0)))
+                              int(record.get("n_failed", 0)), dict(record.get("aupimo", {})),
+                              dict(record.get("defect_types", {})), dict(record.get("type_naming", {})),
+                              list(record.get("aupimo_values", [])), list(record.get("type_pairs", [])))
         stored = record.get("config", {})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s is unreadable (%s); evaluating that category again", path, exc)
@@ -194,33 +261,119 @@ def _score_category(detector: Detector, category: str, samples: Sequence[Sample]
 
 
 def _category_metrics(category: str, samples: Sequence[Sample], outcomes: Sequence[Outcome],
-                      aupro_variant: str) -> tuple[dict[str, float | None], dict[str, float]]:
-    """All metrics at each image's original resolution over the scored images; pixel metrics only when every
-    anomalous image has a mask."""
+                      config: EvaluateConfig) -> _Found:
+    """All metrics at each image's original resolution over the scored images; pixel metrics (AUPIMO included)
+    only when every anomalous image has a mask; the per-type breakdown when the dataset names types."""
     from zsad.data.datasets import load_mask
-    from zsad.metrics import compute_all
+    from zsad.metrics import compute_all, per_type_metrics
 
-    pairs = [(s, o.result) for s, o in zip(samples, outcomes) if o.result is not None]
-    if not pairs:
+    scored = [i for i, o in enumerate(outcomes) if o.result is not None]
+    if not scored:
         raise DatasetError(f"category '{category}': none of its {len(samples)} test images could be scored")
-    samples, results = [s for s, _ in pairs], [r for _, r in pairs]
+    kept = [samples[i] for i in scored]
+    results = [outcomes[i].result for i in scored]
 
     scores = np.array([r.image_score for r in results], dtype=np.float64)
-    labels = np.array([s.label for s in samples], dtype=np.int64)
-    has_masks = all(s.mask_path is not None for s in samples if s.label == 1)
+    labels = np.array([s.label for s in kept], dtype=np.int64)
+    has_masks = all(s.mask_path is not None for s in kept if s.label == 1)
     maps = masks = None
     if has_masks:
         maps = [r.anomaly_map for r in results]
-        masks = [load_mask(s.mask_path, r.size, s.image_path) for s, r in zip(samples, results)]
+        masks = [load_mask(s.mask_path, r.size, s.image_path) for s, r in zip(kept, results)]
     else:
         log.warning("category %s: some anomalous images have no mask; pixel metrics are skipped", category)
     try:
-        found = compute_all(scores, labels, maps, masks, aupro_variant=aupro_variant, with_thresholds=True)
+        found = compute_all(scores, labels, maps, masks, aupro_variant=config.aupro_variant, with_thresholds=True,
+                            aupimo_fpr_bounds=None)
     except UsageError as exc:
         raise DatasetError(f"category '{category}': {exc}") from None
     thresholds = {kind: float(found[f"{kind}_f1_threshold"]) for kind in ("image", "pixel")
                   if f"{kind}_f1_threshold" in found}
-    return {key: (float(found[key]) if key in found else None) for key in METRIC_KEYS}, thresholds
+    out = _Found({key: (float(found[key]) if key in found else None) for key in METRIC_KEYS}, thresholds)
+
+    values = _aupimo_values(category, labels, maps, masks, config.aupimo_fpr_bounds, out) if has_masks else None
+    column: list[float | None] = [None] * len(samples)
+    if values is not None:
+        out.aupimo_values = [None if math.isnan(v) else float(v) for v in values]
+        for i, v in zip(scored, out.aupimo_values):
+            column[i] = v
+    out.aupimo_column = column
+
+    type_map, vocabulary = _type_map(config)
+    kinds = [s.defect_type for s in kept]
+    if any(not type_map.is_unnamed(k) for k, y in zip(kinds, labels) if y):
+        out.defect_types = per_type_metrics(kinds, scores, labels, maps, masks, config.aupro_variant, values)
+    _type_naming(samples, outcomes, type_map, vocabulary, out)
+    return out
+
+
+def _aupimo_values(category: str, labels: np.ndarray, maps: list[np.ndarray], masks: list[np.ndarray],
+                   bounds: Sequence[float], out: _Found) -> np.ndarray | None:
+    """Per-image AUPIMO of the scored images (NaN = undefined); fills ``out.aupimo`` and the mean metric.
+
+    Normal images are those labelled normal; an image labelled anomalous whose mask is empty is left out (its
+    pixels are not known to be normal) and counts as undefined.
+    """
+    from zsad.metrics import aupimo, aupimo_stats
+
+    values = np.full(len(maps), np.nan)
+    usable = [i for i, (y, m) in enumerate(zip(labels, masks)) if y == 0 or m.any()]
+    if not any(labels[i] == 0 for i in usable) or all(labels[i] == 0 for i in usable):
+        log.warning("category %s: AUPIMO needs normal and anomalous test images with masks; skipped", category)
+        return None
+    found = aupimo([maps[i] for i in usable], [masks[i] for i in usable], bounds)
+    values[usable] = found.values
+    out.aupimo = {**aupimo_stats(values), "lowest_fpr": found.lowest_fpr}
+    out.metrics["aupimo"] = out.aupimo["mean"]
+    if not found.resolves_lower_bound:
+        log.warning("category %s: the lowest shared FPR a threshold reaches is %.2g, above the AUPIMO lower bound "
+                    "%.2g (too few normal pixels, or ties at their top score)", category, found.lowest_fpr,
+                    found.fpr_bounds[0])
+    return values
+
+
+@functools.lru_cache(maxsize=4)
+def _type_map_for(prompts: str | None) -> tuple[TypeMap, dict[str, tuple[str, ...]]]:
+    from zsad.metrics.type_map import load_type_map
+    from zsad.prompts import load_prompt_bank
+
+    vocabulary = dict(load_prompt_bank(prompts).defects)
+    return load_type_map(vocabulary=vocabulary), vocabulary
+
+
+def _type_map(config: EvaluateConfig) -> tuple[TypeMap, dict[str, tuple[str, ...]]]:
+    """The defect-type map and the vocabulary the method names types from (the bundled one or ``--prompts``')."""
+    prompts = config.method_options.get("prompts")
+    return _type_map_for(str(prompts) if prompts else None)
+
+
+def _type_naming(samples: Sequence[Sample], outcomes: Sequence[Outcome], type_map: TypeMap,
+                 vocabulary: dict[str, tuple[str, ...]], out: _Found) -> None:
+    """The CSV's ``top_defect_type``/``mapped_defect_type`` columns and, when the method names types and some
+    dataset type maps, accuracy and macro-F1 of the named type over the anomalous images with a mapped type."""
+    from zsad.metrics import type_naming
+
+    mapping: dict[str, str | None] = {}
+    out.top_types, out.mapped_types = [], []
+    for sample, outcome in zip(samples, outcomes):
+        probs = outcome.result.defect_probs if outcome.result is not None else {}
+        top = max(probs, key=probs.get) if probs else ""
+        mapped = ""
+        if sample.label == 1 and not type_map.is_unnamed(sample.defect_type):
+            if sample.defect_type not in mapping:
+                mapping[sample.defect_type] = type_map.resolve(sample.defect_type, vocabulary)
+            mapped = mapping[sample.defect_type] or ""
+            if mapped and top:
+                out.type_pairs.append([mapped, top])
+        out.top_types.append(top)
+        out.mapped_types.append(mapped)
+    if not mapping or not any(out.top_types):
+        return  # the dataset names no type, or the method names none
+    unmapped = sorted(name for name, kind in mapping.items() if kind is None)
+    scores: dict[str, Any] = {"accuracy": None, "macro_f1": None, "n_images": 0, "types": []}
+    if out.type_pairs:
+        scores = type_naming([t for t, _ in out.type_pairs], [p for _, p in out.type_pairs])
+    out.type_naming = {**scores, "mapping": {k: v for k, v in sorted(mapping.items()) if v}, "unmapped": unmapped}
 
 
 # --------------------------------------------------------------------------- summary
@@ -235,8 +388,74 @@ def _mean(results: Sequence[CategoryResult]) -> dict[str, float | None]:
     return out
 
 
+def _extra_summary(results: Sequence[CategoryResult], bounds: Sequence[float]) -> dict[str, Any]:
+    """The ``aupimo``, ``defect_types`` and ``defect_type_naming`` keys of ``metrics.json``; the overall figures
+    pool every image of every category (not a mean of category means)."""
+    from zsad.metrics import aupimo_stats, type_naming
+
+    pooled = [v for r in results for v in r.aupimo_values]
+    pairs = [p for r in results for p in r.type_pairs]
+    naming = {r.category: r.type_naming for r in results if r.type_naming}
+    overall_naming: dict[str, Any] = {}
+    if pairs:
+        overall_naming = type_naming([t for t, _ in pairs], [p for _, p in pairs])
+        overall_naming["unmapped"] = sorted({u for r in naming.values() for u in r.get("unmapped", [])})
+    return {
+        "aupimo": {"fpr_bounds": [float(b) for b in bounds],
+                   "categories": {r.category: r.aupimo for r in results if r.aupimo},
+                   "overall": aupimo_stats(pooled) if any(r.aupimo for r in results) else {}},
+        "defect_types": {r.category: r.defect_types for r in results if r.defect_types},
+        "defect_type_naming": {"categories": naming, "overall": overall_naming},
+    }
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _aupimo_markdown(summary: dict[str, Any]) -> list[str]:
+    found = summary.get("aupimo") or {}
+    if not found.get("categories"):
+        return []
+    lo, hi = found["fpr_bounds"]
+    keys = ("mean", "q1", "median", "q3", "n_images", "n_undefined")
+    lines = ["", f"AUPIMO per image (shared FPR over the normal images in [{lo:g}, {hi:g}], log scale; normal images "
+                 f"have none and count as undefined):", "",
+             "| category | mean | q1 | median | q3 | images | undefined |", "|---|---|---|---|---|---|---|"]
+    rows = [*found["categories"].items(), ("**all images**", found.get("overall") or {})]
+    lines += ["| " + " | ".join([name, *(_cell(stats.get(k)) for k in keys)]) + " |" for name, stats in rows]
+    coarse = [name for name, stats in found["categories"].items() if (stats.get("lowest_fpr") or 0.0) > lo]
+    if coarse:
+        lines += ["", f"No threshold reaches a shared FPR as low as {lo:g} in: {', '.join(coarse)} (too few normal "
+                      f"pixels, or ties at their top score); the curve's first step spans the gap (see the README)."]
+    return lines
+
+
+def _breakdown_markdown(summary: dict[str, Any]) -> list[str]:
+    per_type = summary.get("defect_types") or {}
+    lines: list[str] = []
+    if per_type:
+        keys = ("n_images", "image_auroc", "pixel_auroc", "aupro", "aupimo")
+        lines += ["", f"Per defect type (each type against the category's normal images; aupro "
+                      f"{summary['aupro_variant']}):", "",
+                  "| category | type | images | image_auroc | pixel_auroc | aupro | aupimo |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join([cat, kind, *(_cell(row.get(k)) for k in keys)]) + " |"
+                  for cat, kinds in per_type.items() for kind, row in kinds.items()]
+    naming = summary.get("defect_type_naming") or {}
+    if naming.get("categories"):
+        lines += ["", "Defect-type naming (zsad's most likely type vs the dataset's type, mapped by "
+                      "`prompts/defect_type_map.yaml`; unmapped types are left out):", "",
+                  "| category | images | accuracy | macro-F1 | unmapped types |", "|---|---|---|---|---|"]
+        rows = [*naming["categories"].items(), ("**all images**", naming.get("overall") or {})]
+        lines += [f"| {name} | {_cell(r.get('n_images'))} | {_cell(r.get('accuracy'))} | {_cell(r.get('macro_f1'))} "
+                  f"| {', '.join(r.get('unmapped') or []) or '-'} |" for name, r in rows]
+    return lines
+
+
 def metrics_markdown(summary: dict[str, Any]) -> str:
-    """The Markdown table of a ``metrics.json`` summary: one row per category, then the mean row."""
+    """The Markdown tables of a ``metrics.json`` summary: one row per category, then the mean row; then the F1
+    thresholds, AUPIMO's statistics, the per-defect-type breakdown and the type-naming scores where present."""
     headers = [f"aupro ({summary['aupro_variant']})" if k == "aupro" else k for k in METRIC_KEYS]
 
     def row(name: str, metrics: dict[str, float | None]) -> str:
@@ -258,6 +477,8 @@ def metrics_markdown(summary: dict[str, Any]) -> str:
                   "| category | image | pixel |", "|---|---|---|"]
         lines += [f"| {name} | " + " | ".join("-" if t.get(k) is None else f"{t[k]:.4f}" for k in ("image", "pixel"))
                   + " |" for name, t in thresholds.items()]
+    lines += _aupimo_markdown(summary)
+    lines += _breakdown_markdown(summary)
     return "\n".join(lines) + "\n"
 
 
@@ -276,6 +497,9 @@ def _check_config(config: EvaluateConfig) -> None:
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite exclude each other: resume keeps finished categories, overwrite "
                          "starts afresh")
+    from zsad.metrics.aupimo import check_fpr_bounds
+
+    check_fpr_bounds(config.aupimo_fpr_bounds)
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
@@ -319,8 +543,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             for outcome in failed:
                 log.warning("category %s: %s: %s", category, outcome.source.label, outcome.error)
             atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, outcomes))
-            metrics, thresholds = _category_metrics(category, samples, outcomes, config.aupro_variant)
-            result = CategoryResult(category, metrics, seconds, len(samples), thresholds, len(failed))
+            found = _category_metrics(category, samples, outcomes, config)
+            atomic_write_text(out / "per_image" / f"{category}.csv", _per_image_csv(samples, outcomes, found))
+            result = CategoryResult(category, seconds=seconds, n_images=len(samples), n_failed=len(failed),
+                                    **found.fields())
             atomic_write_text(marker, json.dumps(result.to_dict(signature), indent=2) + "\n")
             finished.append(result)
             bar.set_postfix(last=category)
@@ -333,6 +559,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "mean": _mean(finished),
         "f1_thresholds": {r.category: r.f1_thresholds for r in finished},
         "n_failed": {r.category: r.n_failed for r in finished},
+        **_extra_summary(finished, config.aupimo_fpr_bounds),
     }
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", metrics_markdown(summary))

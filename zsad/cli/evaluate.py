@@ -12,10 +12,12 @@ from zsad.cli.options import add_device_options, add_msm_option, method_options,
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from zsad.backbones.names import DEFAULT_BACKBONE
     from zsad.data.datasets import FORMATS
+    from zsad.evaluate import AUPIMO_FPR_BOUNDS
     from zsad.methods import list_methods
     from zsad.metrics.pro import AUPRO_VARIANTS
 
-    p = sub.add_parser("evaluate", help="benchmark a method on a dataset: image/pixel AUROC, AP, F1-max, AUPRO")
+    p = sub.add_parser("evaluate", help="benchmark a method on a dataset: image/pixel AUROC, AP, F1-max, AUPRO, "
+                                        "AUPIMO, per defect type")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (MVTec AD, VisA, MPDD, BTAD, ...)")
     p.add_argument("--method", default="auto", choices=list_methods(), help="method to evaluate (default auto)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone (default {DEFAULT_BACKBONE})")
@@ -28,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start afresh: drop the finished categories in OUT (e.g. after changing settings)")
     p.add_argument("--aupro-variant", default="mvtec", choices=list(AUPRO_VARIANTS),
                    help="AUPRO integration convention (default mvtec)")
+    p.add_argument("--aupimo-fpr-bounds", type=float, nargs=2, metavar=("LO", "HI"), default=AUPIMO_FPR_BOUNDS,
+                   help="shared-FPR range AUPIMO integrates over, log scale (default {:g} {:g}, the paper's)"
+                        .format(*AUPIMO_FPR_BOUNDS))
     add_device_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
@@ -46,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     config = EvaluateConfig(
         data=Path(args.data), out=Path(args.out), method=args.method, backbone=args.backbone,
         image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
-        aupro_variant=args.aupro_variant, resume=args.resume, overwrite=args.overwrite, device=args.device,
-        precision=args.precision, batch_size=args.batch_size, progress=not args.quiet, method_options=options,
+        aupro_variant=args.aupro_variant, aupimo_fpr_bounds=tuple(args.aupimo_fpr_bounds), resume=args.resume,
+        overwrite=args.overwrite, device=args.device, precision=args.precision, batch_size=args.batch_size,
+        progress=not args.quiet, method_options=options,
     )
     summary = evaluate(config)
     print(metrics_markdown(summary), end="")

@@ -83,9 +83,23 @@ def _counts_at_defect_scores(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarr
 
 def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
     """Mann-Whitney form of AUROC: P(s_defect > s_normal) + P(s_defect = s_normal) / 2 (= trapezoidal ROC area)."""
-    below = np.searchsorted(neg, pos, side="left").sum(dtype=np.int64)
-    up_to = np.searchsorted(neg, pos, side="right").sum(dtype=np.int64)
-    return float((int(below) + int(up_to)) / (2.0 * pos.size * neg.size))
+    return auroc_from_sorted((neg,), pos)
+
+
+def auroc_from_sorted(negatives: Sequence[np.ndarray], pos: np.ndarray) -> float:
+    """Mann-Whitney AUROC of ``pos`` against the union of several *sorted* normal-score arrays.
+
+    Lets a caller sort a shared pool once (e.g. every normal image of a category) and score several defect sets
+    against it plus a small set of their own, as the per-defect-type breakdown does.
+    """
+    n_neg = sum(n.size for n in negatives)
+    if pos.size == 0 or n_neg == 0:
+        raise UsageError("pixel AUROC needs both normal and defect pixels; only one class is present")
+    count = 0
+    for neg in negatives:
+        count += int(np.searchsorted(neg, pos, side="left").sum(dtype=np.int64))
+        count += int(np.searchsorted(neg, pos, side="right").sum(dtype=np.int64))
+    return float(count / (2.0 * pos.size * n_neg))
 
 
 def _ap(neg: np.ndarray, pos: np.ndarray) -> float:
