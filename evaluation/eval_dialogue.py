@@ -1,4 +1,5 @@
-"""Evaluate a dialogue responder on a dataset: yes/no, defect type, location, count and faithfulness.
+"""Evaluate a dialogue responder on a dataset (yes/no, defect type, location, count, faithfulness) and on the
+held-out question bank (intent, polarity and refusal accuracy).
 
 Usage::
 
@@ -6,6 +7,14 @@ Usage::
     python evaluation/eval_dialogue.py --data /data/visa --lvlm HuggingFaceTB/SmolVLM-256M-Instruct \\
         --adapter adapters/smolvlm-mvtec --backbone ViT-L-14-336:openai --out runs/lvlm-visa
     python evaluation/eval_dialogue.py --data DATA --lvlm tiny-random --backbone tiny-random --image-size 112 ...
+    python evaluation/eval_dialogue.py --bank --out runs/bank                    # held-out questions, grounded
+    python evaluation/eval_dialogue.py --bank --lvlm tiny-random --out runs/bank-lvlm
+
+The dataset's yes/no questions are the first paraphrases of ``prompts/dialogue.yaml`` (the ones the LVLM is
+trained on). ``--bank [FILE]`` asks every question of the held-out bank (default
+``evaluation/questions/heldout.yaml``, never read by the recogniser or by training) about each synthetic scenario
+of :mod:`question_bank` and writes ``OUT/bank_metrics.json``, ``OUT/bank_metrics.md`` and
+``OUT/bank_answers.jsonl``.
 
 Evidence comes from the CLIP detector (``--detector clip``, default) or from the ground-truth masks
 (``--detector ground-truth``: an upper bound that isolates the language side). Metrics (lvlm.md §4.6):
@@ -20,7 +29,7 @@ Evidence comes from the CLIP detector (``--detector clip``, default) or from the
 * faithfulness: agreement of the stated verdict with the detector's, defects invented on images the detector
   calls normal, and (``--hint-flip``) the share of answers that follow a flipped hint.
 
-Writes ``OUT/dialogue_metrics.json``, ``OUT/dialogue_metrics.md`` and ``OUT/answers.jsonl``.
+With ``--data``, writes ``OUT/dialogue_metrics.json``, ``OUT/dialogue_metrics.md`` and ``OUT/answers.jsonl``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import question_bank
 
 from zsad.dialogue.evidence import Evidence, evidence_from_mask, evidence_from_result
 from zsad.dialogue.instructions import corrupt, fold_defect_type, load_dialogue_tables
@@ -112,27 +122,42 @@ def markdown(metrics: dict[str, Any], settings: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _responder(args: argparse.Namespace) -> Any:
+    from zsad.dialogue.grounded import GroundedResponder
+
+    if not args.lvlm:
+        return GroundedResponder()
+    from zsad.dialogue.lvlm import LvlmResponder
+
+    responder = LvlmResponder.load(args.lvlm, adapter=args.adapter, device=args.device, precision=args.precision,
+                                   cache_dir=args.cache_dir)
+    responder.max_new_tokens = args.max_new_tokens
+    if responder.random_weights:
+        print(f"eval_dialogue: WARNING: LVLM '{args.lvlm}' has random weights: its answers are noise", file=sys.stderr)
+    return responder
+
+
+def _write(out: Path, stem: str, payload: dict[str, Any], table: str, records: list[dict[str, Any]],
+           answers_name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    with open(out / answers_name, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def run_dataset(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
     from PIL import Image
 
     import zsad
     from zsad.data.datasets import load_mask, open_dataset
     from zsad.data.images import load_image
-    from zsad.dialogue.grounded import GroundedResponder
     from zsad.prompts import load_prompt_bank
     from zsad.visualize import overlay
 
     vocab = dict(load_prompt_bank().defects)
     dataset = open_dataset(args.data, categories=args.categories or None)
-    if args.lvlm:
-        from zsad.dialogue.lvlm import LvlmResponder
-
-        responder = LvlmResponder.load(args.lvlm, adapter=args.adapter, device=args.device, precision=args.precision,
-                                       cache_dir=args.cache_dir)
-        if responder.random_weights:
-            print(f"eval_dialogue: WARNING: LVLM '{args.lvlm}' has random weights: its answers are noise", file=sys.stderr)
-    else:
-        responder = GroundedResponder()
     rng = random.Random(args.seed)
     records: list[dict[str, Any]] = []
     for category in dataset.categories:
@@ -177,19 +202,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = evaluate_dialogue(records, vocab)
     settings = {"data": args.data, "responder": responder.name, "detector": args.detector,
                 "backbone": args.backbone if args.detector != "ground-truth" else "-"}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dialogue_metrics.json").write_text(json.dumps({"settings": settings, "metrics": metrics}, indent=2) + "\n")
-    (out / "dialogue_metrics.md").write_text(markdown(metrics, settings))
-    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    _write(Path(args.out), "dialogue_metrics", {"settings": settings, "metrics": metrics}, markdown(metrics, settings),
+           records, "answers.jsonl")
     return metrics
+
+
+def run_bank(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
+    """The held-out question bank asked about every scenario (:mod:`question_bank`)."""
+    from zsad.dialogue.grounded import GroundedResponder
+
+    reader = responder.grounded.reader if hasattr(responder, "grounded") else responder.reader
+    kinds = reader.vocabulary.kinds
+    entries = question_bank.load_bank(args.bank, vocabulary=kinds)
+    if args.bank_limit:
+        entries = entries[:args.bank_limit]
+    cases = question_bank.scenarios(kinds)
+
+    def answer(question: str, case: question_bank.Scenario) -> tuple[str, str | None]:
+        if isinstance(responder, GroundedResponder):
+            return responder.answer(question, case.evidence), None
+        checked = responder.checked_answer(question, case.evidence, image=case.image, overlay=case.overlay)
+        return checked.text, checked.model_text
+
+    reading, misread = question_bank.reading_metrics(entries, reader)
+    records = question_bank.ask_bank(entries, cases, answer)
+    metrics = {"reading": reading, "answers": question_bank.answer_metrics(records)}
+    settings = {"bank": str(args.bank), "responder": responder.name, "scenarios": len(cases)}
+    payload = {"settings": settings, "metrics": metrics, "misread": misread,
+               "wrong_answers": question_bank.wrong_answers(records)}
+    _write(Path(args.out), "bank_metrics", payload, markdown(metrics, settings), records, "bank_answers.jsonl")
+    return metrics
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The dataset evaluation (``--data``), the question bank (``--bank``), or both."""
+    from zsad.errors import UsageError
+
+    if not args.data and not args.bank:
+        raise UsageError("give --data DATASET, --bank [FILE], or both")
+    responder = _responder(args)
+    out: dict[str, Any] = {}
+    if args.data:
+        out["dataset"] = run_dataset(args, responder)
+    if args.bank:
+        out["bank"] = run_bank(args, responder)
+    return out["dataset"] if not args.bank else out["bank"] if not args.data else out
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="dataset root (MVTec/VisA/meta.json/folder)")
+    p.add_argument("--data", default=None, help="dataset root (MVTec/VisA/meta.json/folder)")
+    p.add_argument("--bank", nargs="?", const=str(question_bank.DEFAULT_BANK), default=None, metavar="FILE",
+                   help="ask the held-out question bank (default evaluation/questions/heldout.yaml)")
+    p.add_argument("--bank-limit", type=int, default=None, help="only the first N questions of the bank (smoke runs)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--categories", nargs="*", default=None)
     p.add_argument("--limit", type=int, default=None, help="at most this many test images per category")
@@ -199,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--lvlm", default=None, help="LVLM id/folder/tiny-random (default: grounded rules)")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder for --lvlm")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest LVLM answer, in tokens")
     p.add_argument("--hint-flip", action="store_true", help="also ask with a flipped hint")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")

@@ -59,3 +59,24 @@ def test_adapter_kinds_are_routed_and_checked(image, tmp_path, capsys):
     other = save_adapter(tmp_path / "other", "something-else", {}, {})
     assert main(["ask", str(image), "where?", *BASE, "--adapter", str(other)]) == 2
     assert "cannot use" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold, opening", [("0", "No, the object looks defective"),
+                                                ("1", "Yes, the object looks normal")])
+def test_a_question_whose_yes_means_good_gets_the_right_yes_or_no(image, capsys, threshold, opening):
+    """--threshold 0 / 1 force an anomalous / a normal decision."""
+    assert main(["ask", str(image), "Is", "this", "image", "normal?", "--threshold", threshold, *BASE]) == 0
+    assert capsys.readouterr().out.startswith(opening)
+
+
+def test_a_type_question_is_answered_for_that_type(image, capsys):
+    assert main(["ask", str(image), "Is there a crack?", "--threshold", "0", *BASE, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    evidence = record["evidence"]
+    top = max(evidence["type_probs"], key=evidence["type_probs"].get)
+    assert evidence["anomalous"] and evidence["defect_type"] == top
+    if top == "crack":
+        assert record["answer"].startswith("Yes, there is a crack")
+    else:  # tiny random weights name some type; a crack only when it leads or comes close
+        assert record["answer"].startswith(("No crack found", "Yes, possibly a crack"))
+        assert "looks more like" in record["answer"] or "most likely type" in record["answer"]

@@ -42,7 +42,7 @@ def test_normal_image_has_no_defect():
     assert "Nowhere" in responder.answer("where?", evidence)
     assert "no defect" in responder.answer("what type?", evidence)
     assert "no defect region" in responder.answer("how many defects?", evidence)
-    assert responder.answer("is there a defect and where? how big?", evidence) == responder.presence(evidence)
+    assert responder.answer("is there a defect and where? how big?", evidence) == responder.answer("is there a defect?", evidence)
 
 
 def test_two_regions_are_counted_sized_and_located():

@@ -3,12 +3,17 @@
 The bundled banks live in ``prompts/`` (shipped inside the wheel as ``zsad/_data/prompts``). A user file
 given with ``--prompts`` has the same schema and may hold any of the top-level keys ``states``,
 ``templates`` and ``defects``; the keys it has replace the bundled ones.
+
+``defects.wording`` (optional) says how dialogue names and recognises each type: ``noun`` ("a misplaced
+component"), ``words`` that say the type is there ("scratched", "scuffs"), ``topics`` that only name what is
+asked about ("color", "print") and ``absent`` phrases that say it is not there ("in place"). Types without an
+entry get ``a/an <type>`` and their synonyms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,16 @@ def prompts_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class DefectWording:
+    """How dialogue names one defect type (``defects.wording`` in the module doc)."""
+
+    noun: str
+    words: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PromptBank:
     """Everything the text side of a training-free method needs."""
 
@@ -34,6 +49,7 @@ class PromptBank:
     templates: tuple[str, ...]
     defect_templates: tuple[str, ...]
     defects: Mapping[str, tuple[str, ...]]
+    defect_wording: Mapping[str, DefectWording] = field(default_factory=dict)
 
     def state_sentences(self, class_name: str) -> tuple[list[str], list[str]]:
         """All ``template x state`` sentences for the normal and the anomalous state of ``class_name``."""
@@ -106,6 +122,29 @@ def _parse_defects(section: Any, source: str) -> tuple[tuple[str, ...], dict[str
     return templates, vocab
 
 
+def _parse_wording(section: Any, source: str, types: Mapping[str, Any]) -> dict[str, DefectWording]:
+    """``defects.wording``: type -> {noun, words, topics, absent}; every key a type of ``defects.types``."""
+    wording = section.get("wording") if isinstance(section, dict) else None
+    if wording is None:
+        return {}
+    if not isinstance(wording, dict):
+        _fail(source, "defects.wording", "must be a mapping of defect type -> {noun, words, topics, absent}")
+    out = {}
+    for kind, entry in wording.items():
+        key = f"defects.wording.{kind}"
+        if kind not in types:
+            _fail(source, key, f"names no type of defects.types ({', '.join(types)})")
+        if not isinstance(entry, dict) or not isinstance(entry.get("noun"), str) or not entry["noun"].strip():
+            _fail(source, key, "must be a mapping with a non-empty string 'noun'")
+        unknown = set(entry) - {"noun", "words", "topics", "absent"}
+        if unknown:
+            _fail(source, f"{key}.{sorted(unknown)[0]}", "is not one of noun, words, topics, absent")
+        lists = {name: _string_list(entry[name], source, f"{key}.{name}", placeholder=None) if name in entry else ()
+                 for name in ("words", "topics", "absent")}
+        out[str(kind)] = DefectWording(noun=entry["noun"].strip(), **lists)
+    return out
+
+
 def load_prompt_bank(user_file: str | Path | None = None) -> PromptBank:
     """The bundled bank, with the sections present in ``user_file`` replacing the bundled ones."""
     bundled = prompts_dir()
@@ -126,4 +165,5 @@ def load_prompt_bank(user_file: str | Path | None = None) -> PromptBank:
     anomalous = _string_list(states.get("anomalous"), source, "states.anomalous")
     templates = _parse_templates(*merged["templates"])
     defect_templates, vocab = _parse_defects(*merged["defects"])
-    return PromptBank(normal, anomalous, templates, defect_templates, vocab)
+    wording = _parse_wording(*merged["defects"], vocab)
+    return PromptBank(normal, anomalous, templates, defect_templates, vocab, wording)

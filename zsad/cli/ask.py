@@ -54,19 +54,31 @@ def _route_adapters(paths: list[str]) -> tuple[str | None, str | None]:
     return detector, lvlm
 
 
-def _responder(args: argparse.Namespace, lvlm_adapter: str | None):
-    """The LVLM responder when asked for and loadable; otherwise None (grounded), with a warning saying why."""
+def _vocabulary(args: argparse.Namespace):
+    """The defect vocabulary of ``--prompts`` (so questions name its types), or None for the bundled one."""
+    if not args.prompts:
+        return None
+    from zsad.dialogue.vocabulary import DefectVocabulary
+    from zsad.prompts import load_prompt_bank
+
+    return DefectVocabulary(load_prompt_bank(args.prompts))
+
+
+def _responder(args: argparse.Namespace, lvlm_adapter: str | None, vocabulary):
+    """The LVLM responder when asked for and loadable; otherwise the grounded one, with a warning saying why."""
+    from zsad.dialogue import GroundedResponder
+
     if not args.lvlm:
         if lvlm_adapter:
             raise UsageError(f"--adapter {lvlm_adapter} is a dialogue adapter: pass --lvlm MODEL with it")
-        return None
+        return GroundedResponder(vocabulary)
     from zsad.errors import ZsadError
 
     try:
         from zsad.dialogue.lvlm import LvlmResponder
 
         responder = LvlmResponder.load(args.lvlm, adapter=lvlm_adapter, device=args.device,
-                                       precision=args.precision, cache_dir=args.cache_dir)
+                                       precision=args.precision, cache_dir=args.cache_dir, vocabulary=vocabulary)
         if responder.random_weights:
             print(f"zsad: WARNING: LVLM '{args.lvlm}' has random weights: its answer is noise (tests and smoke runs "
                   f"only)", file=sys.stderr)
@@ -77,7 +89,7 @@ def _responder(args: argparse.Namespace, lvlm_adapter: str | None):
         reason = str(exc)
     print(f"zsad: WARNING: cannot use the LVLM '{args.lvlm}': {reason}. Answering from the detector's evidence.",
           file=sys.stderr)
-    return None
+    return GroundedResponder(vocabulary)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                            cache_dir=args.cache_dir, warn_random=False, **options)
     warn_random_weights(detector.backbone, args.backbone, "the answer is meaningless")
     result = detector.score([Source(key=identity(args.image), path=args.image, image=image)])[0]
-    responder = _responder(args, lvlm_adapter)
+    responder = _responder(args, lvlm_adapter, _vocabulary(args))
     conversation = Conversation.from_result(result, image, class_name=args.class_name or "object",
                                             responder=responder)
     answer = conversation.ask(question)

@@ -1,8 +1,9 @@
 """A conversation about one image: the evidence stays fixed, questions and answers accumulate.
 
-The responder (grounded by default, an LVLM when configured) only states the evidence. If it fails with a
-user-facing error (e.g. the LVLM's weights are missing offline), the grounded answer is given instead and the
-reason kept in :attr:`Conversation.notes`, so the chat never breaks.
+The responder (grounded by default, an LVLM when configured) only states the evidence. It gets the history, so
+follow-ups are read in context: "it" and "there" mean the last region talked about (:mod:`zsad.dialogue.focus`).
+If it fails with a user-facing error (e.g. the LVLM's weights are missing offline), the grounded answer is given
+instead and the reason kept in :attr:`Conversation.notes`, so the chat never breaks.
 """
 
 from __future__ import annotations

@@ -72,14 +72,23 @@ class Evidence:
     defect_prob: float | None
     class_name: str = "object"
     image_size: tuple[int, int] | None = None  # (width, height)
+    #: every defect type's probability, most likely first, kept for normal images too (empty: no types named)
+    type_probs: tuple[tuple[str, float], ...] = ()
+    #: the anomaly map's maximum (None for mask evidence)
+    map_peak: float | None = None
 
     def cells(self) -> set[str]:
         """The grid cells holding a region."""
         return {r.cell for r in self.regions}
 
+    def type_prob(self, kind: str) -> float | None:
+        """The probability the detector gave defect type ``kind``, or None when it gave none."""
+        return dict(self.type_probs).get(kind)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["regions"] = [asdict(r) for r in self.regions]
+        out["type_probs"] = {k: p for k, p in self.type_probs}
         return out
 
     def to_text(self) -> str:
@@ -116,11 +125,13 @@ def evidence_from_result(result: AnomalyResult, class_name: str = "object") -> E
     """The evidence of a detector's result: its decision, score, regions and defect type."""
     regions = tuple(_region_evidence(r, with_peak=True) for r in result.regions) if result.pred_label else ()
     prob = result.defect_probs.get(result.defect_type) if result.defect_type else None
+    probs = tuple(sorted(((str(k), float(v)) for k, v in result.defect_probs.items()), key=lambda kv: -kv[1]))
     return Evidence(
         anomalous=bool(result.pred_label), score=float(result.image_score), threshold=float(result.threshold),
         confidence=confidence_word(result.image_score, result.threshold, bool(result.pred_label)),
         regions=regions, defect_type=result.defect_type if result.pred_label else None,
         defect_prob=None if prob is None else float(prob), class_name=class_name, image_size=result.size,
+        type_probs=probs, map_peak=float(np.max(result.anomaly_map)) if result.anomaly_map.size else None,
     )
 
 

@@ -4,6 +4,8 @@ Each row holds the image and mask paths, class, canonical defect type, the hint 
 ``messages``: the user turn is an image entry + hint + question, the assistant turn the answer the ground truth
 implies. About half the rows are normal images; about 15 % of hints are dropped or corrupted (a flipped verdict
 or a wrong cell) while the answer stays true, so the model must look at the image (TGAD, arXiv 2606.01992).
+The hint is the one the LVLM gets when answering (:func:`zsad.dialogue.agreement.lvlm_hint`): the evidence, then
+its answer to the first question, which is always an "is there a defect?" one (a yes means "defective").
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from zsad.dialogue.agreement import lvlm_hint
 from zsad.dialogue.evidence import Evidence, confidence_word, evidence_from_mask
+from zsad.dialogue.intents import Intent
+from zsad.dialogue.polarity import Polarity
+from zsad.dialogue.questions import Question
 from zsad.errors import DatasetError, UsageError
 from zsad.fileio import atomic_write_text
 from zsad.types import GRID_CELLS
@@ -28,6 +34,8 @@ INTENTS: tuple[str, ...] = ("anomaly", "type", "where", "count")
 _ANSWER_KEYS = ("anomaly_no", "anomaly_yes", "anomaly_yes_many", "type_known", "type_unknown", "type_none",
                 "where_none", "where", "count_none", "count")
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
+#: How the first question of every dialogue ("anomaly" intent) is understood.
+ANOMALY_QUESTION = Question("is there a defect?", (Intent.PRESENCE,), Polarity.DEFECT)
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ def dialogue_row(image: str, mask: str | None, truth: Evidence, tables: Dialogue
             hint_state = "dropped"
         else:
             hint_state, evidence = "corrupted", corrupt(evidence, rng)
-    hint = None if hint_state == "dropped" else evidence.to_text()
+    hint = None if hint_state == "dropped" else lvlm_hint(evidence, ANOMALY_QUESTION)
     intents = ["anomaly", *rng.sample(INTENTS[1:], k=min(follow_ups, len(INTENTS) - 1))]
     messages: list[dict[str, Any]] = []
     for i, intent in enumerate(intents):

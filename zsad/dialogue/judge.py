@@ -24,6 +24,8 @@ _POSITIVE_CLAUSE = re.compile(
     r"(?:anomal|defect|damage|flaw|scratch|crack|hole)|(?:the |this )?(?:\w+ )?(?:image|object|part|it)?\s*"
     r"(?:is|looks|appears|seems) (?:to be )?(?:defective|anomalous|damaged|broken))")
 _FIRST_WORD = re.compile(r"[a-z]+")
+_LITERAL_YES = {"yes", "yeah", "yep", "yup"}
+_LITERAL_NO = {"no", "nope"}
 
 #: Phrases naming a cell, longest first so "top left" wins over "top" and "left".
 _CELL_PHRASES: tuple[tuple[str, str], ...] = (
@@ -52,6 +54,16 @@ def parse_yes_no(text: str) -> bool | None:
     if _POSITIVE_CLAUSE.match(clean):
         return True
     return None
+
+
+def parse_literal_yes_no(text: str) -> bool | None:
+    """True / False when an answer opens with "yes" / "no" ("No crack found" is a no), else None: how a yes/no
+    question was answered, whatever a yes means for it."""
+    match = _FIRST_WORD.match(text.strip().lower().lstrip(" \t\n\"'`*-:>."))
+    if match is None:
+        return None
+    word = match.group(0)
+    return True if word in _LITERAL_YES else False if word in _LITERAL_NO else None
 
 
 def parse_cells(text: str) -> set[str]:

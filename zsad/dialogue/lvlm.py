@@ -1,9 +1,12 @@
 """An LVLM that looks at the image and the heat-map overlay and phrases the detector's evidence (issue 6).
 
 The detector owns the verdict; the model receives the image, the overlay (or a crop of the largest region when no
-overlay is given), the evidence as text (:meth:`Evidence.to_text`) and the question, rendered with the processor's
-chat template, and answers greedily. CPU-friendly settings per family (lvlm.md §4.1): SmolVLM without image
-splitting, Qwen2-VL with capped pixels, LLaVA-OneVision with a single grid.
+overlay is given), the evidence as text (:meth:`Evidence.to_text`, plus the evidence's answer to a yes/no question)
+and the question, rendered with the processor's chat template, and answers greedily. The question is understood as
+the grounded responder understands it: one it cannot place is refused without running the model, and a yes/no
+answer that contradicts the evidence is replaced by the grounded one with a note (:mod:`zsad.dialogue.agreement`).
+CPU-friendly settings per family (lvlm.md §4.1): SmolVLM without image splitting, Qwen2-VL with capped pixels,
+LLaVA-OneVision with a single grid.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from typing import Any
 
 from PIL import Image
 
+from zsad.dialogue.agreement import Checked, check, lvlm_hint
 from zsad.dialogue.evidence import Evidence
+from zsad.dialogue.grounded import GroundedResponder
 from zsad.dialogue.instructions import user_text
+from zsad.dialogue.questions import Question
 from zsad.dialogue.tiny_lvlm import TINY_RANDOM
+from zsad.dialogue.vocabulary import DefectVocabulary
 from zsad.errors import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -80,13 +87,14 @@ def region_crop(image: Image.Image, evidence: Evidence, min_fraction: float = 1 
 
 
 def build_messages(question: str, evidence: Evidence | None, n_images: int,
-                   history: Sequence[tuple[str, str]] = ()) -> list[dict[str, Any]]:
-    """Chat messages: earlier turns as text, then images + evidence hint + question in the last user turn."""
+                   history: Sequence[tuple[str, str]] = (), understood: Question | None = None) -> list[dict[str, Any]]:
+    """Chat messages: earlier turns as text, then images + evidence hint + question in the last user turn; with the
+    question ``understood``, the hint also gives the evidence's answer to it."""
     messages: list[dict[str, Any]] = []
     for asked, answered in history:
         messages.append({"role": "user", "content": [{"type": "text", "text": asked}]})
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
-    hint = evidence.to_text() if evidence is not None else None
+    hint = lvlm_hint(evidence, understood) if evidence is not None else None
     content = [{"type": "image"} for _ in range(n_images)]
     content.append({"type": "text", "text": user_text(hint, question)})
     messages.append({"role": "user", "content": content})
@@ -97,7 +105,8 @@ class LvlmResponder:
     """Answers with a Hugging Face vision-language model (optionally with a LoRA adapter)."""
 
     def __init__(self, model: Any, processor: Any, *, name: str, device: Any = None, dtype: Any = None,
-                 max_new_tokens: int = 64, random_weights: bool = False, second_view: bool = True) -> None:
+                 max_new_tokens: int = 64, random_weights: bool = False, second_view: bool = True,
+                 vocabulary: DefectVocabulary | None = None) -> None:
         import torch
 
         self.model = model
@@ -108,10 +117,12 @@ class LvlmResponder:
         self.max_new_tokens = max_new_tokens
         self.random_weights = random_weights
         self.second_view = second_view  # add the overlay / region crop as a second image
+        self.grounded = GroundedResponder(vocabulary)  # understands questions, refuses, answers on disagreement
 
     @classmethod
     def load(cls, model: str, *, adapter: str | None = None, device: Any = "auto", precision: str = "auto",
-             cache_dir: str | None = None, offline: bool | None = None) -> LvlmResponder:
+             cache_dir: str | None = None, offline: bool | None = None,
+             vocabulary: DefectVocabulary | None = None) -> LvlmResponder:
         """Load ``model`` (a Hub id, a local folder or ``tiny-random``) and optionally a LoRA adapter folder."""
         from zsad.runtime import resolve_device, resolve_precision
 
@@ -146,7 +157,7 @@ class LvlmResponder:
         net.eval()
         name = f"lvlm:{model}" + (f"+{Path(adapter).name}" if adapter else "")
         return cls(net, processor, name=name, device=torch_device, dtype=dtype, random_weights=random_weights,
-                   second_view=second_view)
+                   second_view=second_view, vocabulary=vocabulary)
 
     def _inputs(self, messages: list[dict[str, Any]], images: list[Image.Image]) -> dict[str, Any]:
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -191,22 +202,40 @@ class LvlmResponder:
         if not yes or not no:
             return None
         images = self._views(image, overlay, evidence)
-        inputs = self._inputs(build_messages(question, evidence, len(images)), images)
+        understood = self.grounded.understand(question, evidence)
+        inputs = self._inputs(build_messages(question, evidence, len(images), understood=understood), images)
         with torch.inference_mode():
             probs = self.model(**inputs).logits[0, -1].float().softmax(-1)
         p_yes, p_no = float(probs[yes].sum()), float(probs[no].sum())
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5
 
-    def answer(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
-               overlay: Image.Image | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        """One greedy answer to ``question`` about ``image`` given the detector's ``evidence``."""
+    def generate(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
+                 overlay: Image.Image | None = None, history: Sequence[tuple[str, str]] = (),
+                 understood: Question | None = None) -> str:
+        """The model's own greedy answer, unchecked."""
         import torch
 
         images = self._views(image, overlay, evidence)
-        inputs = self._inputs(build_messages(question, evidence, len(images), history), images)
+        inputs = self._inputs(build_messages(question, evidence, len(images), history, understood), images)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                          pad_token_id=tokenizer.pad_token_id)
         new = output[0, inputs["input_ids"].shape[1]:]
         return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    def checked_answer(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
+                       overlay: Image.Image | None = None, history: Sequence[tuple[str, str]] = ()) -> Checked:
+        """The answer for the user and what the model said (:mod:`zsad.dialogue.agreement`)."""
+        understood = self.grounded.understand(question, evidence, history)
+        grounded = self.grounded.reply(understood, evidence)
+        if not understood.understood:
+            return Checked(grounded)
+        said = self.generate(question, evidence, image=image, overlay=overlay, history=history,
+                             understood=understood)
+        return check(said, understood, evidence, grounded)
+
+    def answer(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
+               overlay: Image.Image | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+        """One greedy answer to ``question`` about ``image`` given the detector's ``evidence``, held to it."""
+        return self.checked_answer(question, evidence, image=image, overlay=overlay, history=history).text
