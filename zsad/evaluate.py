@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zsad.distributed import Dist, assign_groups
 from zsad.errors import BatchTooSmallError, DatasetError, UsageError
 from zsad.fileio import atomic_write_text, read_json
 
@@ -502,42 +503,52 @@ def _check_config(config: EvaluateConfig) -> None:
     check_fpr_bounds(config.aupimo_fpr_bounds)
 
 
-def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]:
     """Evaluate ``config.method`` on every chosen category of ``config.data``; returns the ``metrics.json`` dict.
 
-    The detector is built only if some category still needs scoring (a fully resumed run loads no model).
+    The detector is built only if some category still needs scoring (a fully resumed run loads no model). With
+    several ranks (``dist``) the categories to score are spread over them, whole, largest first to the least loaded
+    (:func:`~zsad.distributed.assign_groups`); each rank writes its categories' files, and the summary is made
+    from the category files once all are written (rank 0 writes ``metrics.json``).
     """
     import zsad
     from zsad.data.datasets import open_dataset
 
+    dist = dist or Dist()
     _check_config(config)
     dataset: Dataset = open_dataset(config.data, format=config.format, categories=config.categories)
     out = Path(config.out)
     signature = run_signature(config, dataset)  # once: it hashes the adapter's weights
-    if config.overwrite:
+    if config.overwrite and dist.is_main:
         for folder in ("categories", "per_image"):
             shutil.rmtree(out / folder, ignore_errors=True)
+    dist.barrier("preparing the output folder")
     detector: Detector | None = None
-    finished: list[CategoryResult] = []
-    with _bar(len(dataset.categories), "categories", config.progress, unit="cat", leave=True) as bar:
-        for category in dataset.categories:
+    finished: dict[str, CategoryResult] = {}
+    todo: list[tuple[str, list[Sample]]] = []
+    for category in dataset.categories:
+        marker = out / "categories" / f"{category}.json"
+        done = _load_done(marker, signature) if config.resume else None
+        if done is not None:
+            log.info("category %s already evaluated; reusing %s", category, marker)
+            finished[category] = done
+            continue
+        samples = dataset.samples(category, "test")
+        if not samples:
+            raise DatasetError(f"category '{category}' has no test images in {dataset.root}")
+        todo.append((category, samples))
+    owners = assign_groups([len(samples) for _, samples in todo], dist.world_size)
+    mine = [(c, samples) for (c, samples), owner in zip(todo, owners) if owner == dist.rank]
+    with _bar(len(mine), "categories", config.progress and dist.is_main, unit="cat", leave=True) as bar:
+        for category, samples in mine:
             marker = out / "categories" / f"{category}.json"
-            done = _load_done(marker, signature) if config.resume else None
-            if done is not None:
-                log.info("category %s already evaluated; reusing %s", category, marker)
-                finished.append(done)
-                bar.update(1)
-                continue
-            samples = dataset.samples(category, "test")
-            if not samples:
-                raise DatasetError(f"category '{category}' has no test images in {dataset.root}")
             if detector is None:
                 detector = zsad.create(config.method, backbone=config.backbone, image_size=config.image_size,
                                        device=config.device, precision=config.precision,
                                        batch_size=config.batch_size, warn_random=False, **config.method_options)
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
             started = time.perf_counter()
-            outcomes = _score_category(detector, category, samples, config.progress)
+            outcomes = _score_category(detector, category, samples, config.progress and dist.is_main)
             seconds = time.perf_counter() - started
             failed = [o for o in outcomes if o.error is not None]
             for outcome in failed:
@@ -548,9 +559,15 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             result = CategoryResult(category, seconds=seconds, n_images=len(samples), n_failed=len(failed),
                                     **found.fields())
             atomic_write_text(marker, json.dumps(result.to_dict(signature), indent=2) + "\n")
-            finished.append(result)
+            finished[category] = result
             bar.set_postfix(last=category)
             bar.update(1)
+    if dist.active:
+        dist.barrier("waiting for every rank's categories")
+        for category, _ in todo:
+            if category not in finished:
+                finished[category] = _load_done(out / "categories" / f"{category}.json", signature)
+    finished = [finished[c] for c in dataset.categories]
     summary = {
         "method": config.method,
         "backbone": config.backbone,
@@ -561,6 +578,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "n_failed": {r.category: r.n_failed for r in finished},
         **_extra_summary(finished, config.aupimo_fpr_bounds),
     }
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "metrics.md", metrics_markdown(summary))
+    if dist.is_main:
+        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / "metrics.md", metrics_markdown(summary))
+    dist.barrier("writing metrics.json")
     return summary

@@ -43,19 +43,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run :func:`zsad.evaluate.evaluate` and print the Markdown table to stdout."""
+    """Run :func:`zsad.evaluate.evaluate` (on every rank under a launcher) and print the Markdown table."""
+    from zsad.cli.options import process_group
+    from zsad.distributed import rank_device
     from zsad.evaluate import EvaluateConfig, evaluate, metrics_markdown
 
     options = method_options(args, args.method)
     options.pop("progress", None)  # evaluation has its own bars
-    config = EvaluateConfig(
-        data=Path(args.data), out=Path(args.out), method=args.method, backbone=args.backbone,
-        image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
-        aupro_variant=args.aupro_variant, aupimo_fpr_bounds=tuple(args.aupimo_fpr_bounds), resume=args.resume,
-        overwrite=args.overwrite, device=args.device, precision=args.precision, batch_size=args.batch_size,
-        progress=not args.quiet, method_options=options,
-    )
-    summary = evaluate(config)
+    with process_group(args) as dist:
+        config = EvaluateConfig(
+            data=Path(args.data), out=Path(args.out), method=args.method, backbone=args.backbone,
+            image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
+            aupro_variant=args.aupro_variant, aupimo_fpr_bounds=tuple(args.aupimo_fpr_bounds), resume=args.resume,
+            overwrite=args.overwrite, device=rank_device(args.device, dist), precision=args.precision,
+            batch_size=args.batch_size, progress=not args.quiet, method_options=options,
+        )
+        summary = evaluate(config, dist)
+        if not dist.is_main:
+            return 1 if sum((summary.get("n_failed") or {}).values()) else 0
     print(metrics_markdown(summary), end="")
     failed = sum((summary.get("n_failed") or {}).values())
     if failed:
