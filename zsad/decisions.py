@@ -15,6 +15,7 @@ they judge.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ import numpy as np
 from zsad.errors import ScoreError, UsageError
 from zsad.scoring.regions import find_regions
 from zsad.types import AnomalyResult, RawOutput
+
+log = logging.getLogger(__name__)
 
 #: Default decision threshold on image scores and map values, both probabilities of "anomalous" in [0, 1].
 DEFAULT_THRESHOLD = 0.5
@@ -95,16 +98,26 @@ def redecide(result: AnomalyResult, thresholds: Thresholds) -> AnomalyResult:
 
 def thresholds_from_good(good: Sequence[RawOutput | AnomalyResult],
                          quantile: float = DEFAULT_GOOD_QUANTILE) -> GoodThresholds:
-    """The ``quantile`` of the good images' scores (image decision) and of their map maxima (pixel mask)."""
+    """The ``quantile`` of the good images' scores (image decision) and of their map maxima (pixel mask).
+
+    A good image whose score or map holds NaN or inf is left out with a warning; if all do, :class:`UsageError`.
+    """
     if not 0.0 <= quantile <= 1.0:
         raise UsageError(f"quantile must be in [0, 1], got {quantile}")
     raws = [g.raw if isinstance(g, AnomalyResult) and g.raw is not None else g for g in good]
     if not raws:
         raise UsageError("a threshold from good images needs at least one known-good image")
+    # a good image whose numbers hold NaN or inf is left out (like an unreadable one), never the whole run stopped
+    finite = [r for r in raws if np.isfinite(r.image_score) and np.isfinite(r.anomaly_map).all()]
+    if len(finite) < len(raws):
+        if not finite:
+            raise UsageError(f"the scores or maps of all {len(raws)} good images hold NaN or inf values "
+                             f"(likely a low-precision overflow: try --precision fp32)")
+        log.warning("good images: leaving out %d of %d whose score or map holds NaN or inf values (try "
+                    "--precision fp32)", len(raws) - len(finite), len(raws))
+        raws = finite
     scores = np.clip(np.array([r.image_score for r in raws], dtype=np.float64), 0.0, 1.0)
     peaks = np.clip(np.array([float(np.max(r.anomaly_map)) for r in raws], dtype=np.float64), 0.0, 1.0)
-    if not (np.isfinite(scores).all() and np.isfinite(peaks).all()):
-        raise ScoreError("a good image's score or map holds NaN or inf values (try --precision fp32)")
     image = np.nextafter(np.quantile(scores, quantile), np.inf)
     # maps are float32 and numpy compares them with a Python float in float32: step in float32
     pixel = np.nextafter(np.float32(np.quantile(peaks, quantile)), np.float32(np.inf))
