@@ -33,7 +33,9 @@ from PIL import Image
 
 from zsad.data.images import DEFAULT_MAX_PIXELS, InputImage, discover_images, load_image
 from zsad.decisions import GoodThresholds, Thresholds, decide, thresholds_from_good
+from zsad.distributed import Dist, assign_groups, balanced_slices
 from zsad.errors import BatchTooSmallError, ImageError, ScoreError, UsageError
+from zsad.methods.base import Share
 from zsad.types import AnomalyResult, RawOutput
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,17 @@ class _ImageStore:
 
 
 @dataclass
+class _Loaded:
+    """A group after decoding and feature extraction: the readable sources, their sizes, feature chunks, and the
+    error outcomes of the unreadable ones."""
+
+    kept: list[Source] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    chunks: list[Any] = field(default_factory=list)
+    errors: list[Outcome] = field(default_factory=list)
+
+
+@dataclass
 class _Joined:
     """Good images' features for one group: what joins it, and which of its own images are good ones too."""
 
@@ -266,21 +279,108 @@ class Runner:
 
     # -- the run -----------------------------------------------------------------------------------------------
     def run(self, sources: Sequence[Source], *, group_by: str = "none", done: Container[str] = frozenset(),
-            progress: Callable[[int], None] | None = None) -> Iterator[Outcome]:
+            progress: Callable[[int], None] | None = None, dist: Dist | None = None) -> Iterator[Outcome]:
         """Outcomes of every source whose key is not in ``done``, group by group, in input order within a group.
 
         ``progress(n)`` is called as ``n`` more pending images have been read and passed through the backbone.
+        With ``dist`` (several ranks, every rank calling with the same arguments) each rank yields the outcomes of
+        its shard only: independent methods split the pending images into balanced contiguous slices; transductive
+        methods give whole groups to ranks when there are at least as many groups as ranks
+        (:func:`~zsad.distributed.assign_groups`), otherwise every group is scored by all ranks together, each
+        holding a contiguous slice of it (:meth:`~zsad.methods.base.Method.raw_across`).
         """
-        groups = group_sources(sources, group_by)
-        several = len(groups) > 1
+        groups = [(name, group) for name, group in group_sources(sources, group_by)
+                  if not all(s.key in done for s in group)]
+        several = len(group_sources(sources, group_by)) > 1
         tick = progress or (lambda n: None)
+        if dist is not None and dist.active:
+            yield from self._sharded(groups, done, several, tick, dist)
+            return
         for name, group in groups:
-            if all(s.key in done for s in group):
-                continue
             if self.transductive:
                 yield from self._joint(name, group, done, several, tick)
             else:
                 yield from self._independent([s for s in group if s.key not in done], tick)
+
+    def _sharded(self, groups: list[tuple[str, list[Source]]], done: Container[str], several: bool,
+                 tick: Callable[[int], None], dist: Dist) -> Iterator[Outcome]:
+        rank, world = dist.rank, dist.world_size
+        if not self.transductive:
+            pending = [s for _, group in groups for s in group if s.key not in done]
+            yield from self._independent(pending[balanced_slices(len(pending), world)[rank]], tick)
+            return
+        if self.good is not None:
+            raise UsageError("good images (--threshold-from) with a batch-relative method are not supported across "
+                             "several processes yet; run them in one process, or use --method clip")
+        if len(groups) >= world:
+            owners = assign_groups([len(group) for _, group in groups], world)
+            for (name, group), owner in zip(groups, owners):
+                if owner == rank:
+                    yield from self._joint(name, group, done, several, tick)
+            return
+        for name, group in groups:
+            yield from self._joint_across(name, group[balanced_slices(len(group), world)[rank]], done, several,
+                                          tick, dist)
+
+    def _joint_across(self, name: str, mine: Sequence[Source], done: Container[str], several: bool,
+                      tick: Callable[[int], None], dist: Dist) -> Iterator[Outcome]:
+        """A group scored by all ranks together; this rank holds the slice ``mine``."""
+        store = _ImageStore(self.image_budget_bytes if self.keep_images else 0)
+        try:
+            loaded = self._load_group(mine, done, tick, store)
+            yield from loaded.errors
+            counts = tuple(dist.all_gather_object(len(loaded.kept), "counting a group's images"))
+            problem = self._too_small(sum(counts))
+            if problem is not None:
+                if not several:
+                    raise BatchTooSmallError(problem)
+                yield from self._small_group_errors(name, loaded.kept, done, problem)
+                return
+            features = self.method.combine(loaded.chunks) if loaded.chunks else None
+            raws = self.method.raw_across(features, loaded.sizes, Share(dist, counts))
+            if not loaded.kept:
+                for _ in raws:  # take part in the group's collectives
+                    pass
+                return
+            for index, (source, raw) in enumerate(zip(loaded.kept, raws)):
+                if source.key not in done:
+                    yield self._decided(source, raw, self.thresholds, store.pop(index))
+        finally:
+            store.close()
+
+    def _load_group(self, group: Sequence[Source], done: Container[str], tick: Callable[[int], None],
+                    store: _ImageStore) -> _Loaded:
+        """Decode and extract a group chunk by chunk (decoded images go to ``store`` for the outcomes)."""
+        loaded = _Loaded()
+        for chunk in self.chunks(group):
+            images = []
+            for source in chunk:
+                try:
+                    images.append(self.decode(source))
+                except ImageError as exc:
+                    if source.key not in done:
+                        loaded.errors.append(Outcome(source, error=exc.problem))
+                    continue
+                if self.keep_images and source.key not in done:
+                    store.put(len(loaded.kept), images[-1])
+                loaded.kept.append(source)
+                loaded.sizes.append(images[-1].size)
+            if images:
+                loaded.chunks.append(self.extract(images))
+            tick(sum(1 for s in chunk if s.key not in done))
+        return loaded
+
+    def _too_small(self, n: int) -> str | None:
+        if n >= self.method.min_batch:
+            return None
+        return (f"method '{self.method.name}' scores images against each other and needs at least "
+                f"{self.method.min_batch} images of one category, got {n}; use --method clip for fewer images")
+
+    @staticmethod
+    def _small_group_errors(name: str, kept: Sequence[Source], done: Container[str], problem: str) -> Iterator[Outcome]:
+        for source in kept:  # one small folder must not stop the others
+            if source.key not in done:
+                yield Outcome(source, error=f"folder '{name}': {problem}")
 
     def _independent(self, sources: Sequence[Source], tick: Callable[[int], None]) -> Iterator[Outcome]:
         thresholds = self.good.thresholds if self.good and self.good.thresholds else self.thresholds
@@ -305,50 +405,28 @@ class Runner:
             group = sorted(group, key=lambda s: s.key not in joined.shared)
         store = _ImageStore(self.image_budget_bytes if self.keep_images else 0)
         try:
-            kept: list[Source] = []
-            sizes: list[tuple[int, int]] = []
-            chunks: list[Any] = []
-            for chunk in self.chunks(group):
-                loaded = []
-                for source in chunk:
-                    try:
-                        loaded.append(self.decode(source))
-                    except ImageError as exc:
-                        if source.key not in done:
-                            yield Outcome(source, error=exc.problem)
-                        continue
-                    if self.keep_images and source.key not in done:
-                        store.put(len(kept), loaded[-1])
-                    kept.append(source)
-                    sizes.append(loaded[-1].size)
-                if loaded:
-                    chunks.append(self.extract(loaded))
-                    tick(sum(1 for s in chunk if s.key not in done))
-            if not kept:
+            loaded = self._load_group(group, done, tick, store)
+            yield from loaded.errors
+            if not loaded.kept:
                 return
             extra = joined.chunks if joined else []
             extra_sizes = joined.sizes if joined else []
-            n = len(sizes) + len(extra_sizes)
-            if n < self.method.min_batch:
-                problem = (f"method '{self.method.name}' scores images against each other and needs at least "
-                           f"{self.method.min_batch} images of one category, got {n}; use --method clip for fewer "
-                           f"images")
+            problem = self._too_small(len(loaded.sizes) + len(extra_sizes))
+            if problem is not None:
                 if not several:
                     raise BatchTooSmallError(problem)
-                for source in kept:  # one small folder must not stop the others
-                    if source.key not in done:
-                        yield Outcome(source, error=f"folder '{name}': {problem}")
+                yield from self._small_group_errors(name, loaded.kept, done, problem)
                 return
-            raws = self.method.raw(self.method.combine(extra + chunks), extra_sizes + sizes)
+            raws = self.method.raw(self.method.combine(extra + loaded.chunks), extra_sizes + loaded.sizes)
             thresholds: Thresholds = self.thresholds
             if joined is not None:
                 good_raws = [next(raws) for _ in extra_sizes]
-                own = [next(raws) for s in kept if s.key in joined.shared]
+                own = [next(raws) for s in loaded.kept if s.key in joined.shared]
                 thresholds = thresholds_from_good(good_raws + own, self.good.quantile)
                 if self.on_thresholds:
                     self.on_thresholds(name if several else "", thresholds)
                 raws = itertools.chain(own, raws)
-            for index, (source, raw) in enumerate(zip(kept, raws)):
+            for index, (source, raw) in enumerate(zip(loaded.kept, raws)):
                 if source.key in done:
                     continue
                 yield self._decided(source, raw, thresholds, store.pop(index))

@@ -40,12 +40,19 @@ def _report(where: str, thresholds) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from zsad.cli.options import process_group
 
+    with process_group(args) as dist:
+        return _score(args, dist)
+
+
+def _score(args: argparse.Namespace, dist) -> int:
     import zsad
     from zsad.cli import EXIT_OK, EXIT_SOME_FAILED
+    from zsad.cli.options import progress_bar
     from zsad.data.images import DEFAULT_MAX_PIXELS
-    from zsad.outputs import ResultWriter, common_folder
+    from zsad.distributed import rank_device
+    from zsad.outputs import RunOutputs
     from zsad.runner import sources_from_inputs
 
     started = time.perf_counter()
@@ -54,27 +61,30 @@ def run(args: argparse.Namespace) -> int:
     sources = sources_from_inputs(args.inputs)
     good_sources = sources_from_inputs([args.threshold_from]) if args.threshold_from else None
     detector = zsad.create(
-        args.method, backbone=args.backbone, device=args.device, precision=args.precision,
+        args.method, backbone=args.backbone, device=rank_device(args.device, dist), precision=args.precision,
         image_size=args.image_size, batch_size=args.batch_size, threshold=args.threshold,
         class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False,
         **method_options(args, args.method),
     )
-    warn_random_weights(detector.backbone, args.backbone)
+    if dist.is_main:
+        warn_random_weights(detector.backbone, args.backbone)
     runner = detector.runner(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, keep_images=not args.no_maps)
-    runner.on_thresholds = _report
+    runner.on_thresholds = _report if dist.is_main else None
     scored = anomalous = failed = 0
-    with ResultWriter(args.out, resume=args.resume, save_maps=not args.no_maps,
-                      map_root=common_folder(s.key for s in sources)) as writer:
+    outputs = RunOutputs(args.out, [s.key for s in sources], resume=args.resume, save_maps=not args.no_maps,
+                         dist=dist)
+    with outputs as writer:
         pending = sum(1 for s in sources if s.key not in writer.done)
-        if args.resume and pending < len(sources):
+        if args.resume and pending < len(sources) and dist.is_main:
             print(f"zsad: resuming: {len(sources) - pending} images already done", file=sys.stderr)
         if good_sources is not None and pending:
             try:
                 runner.use_good_images(good_sources, args.good_quantile)
             except UsageError as exc:
                 raise UsageError(f"--threshold-from {args.threshold_from}: {exc}") from None
-        with tqdm(total=pending, unit="img", file=sys.stderr, disable=args.quiet or None) as bar:
-            for outcome in runner.run(sources, group_by=args.group_by, done=writer.done, progress=bar.update):
+        with progress_bar(pending, args.quiet, dist, outputs) as advance:
+            for outcome in runner.run(sources, group_by=args.group_by, done=writer.done, progress=advance,
+                                      dist=dist):
                 source = outcome.source
                 if outcome.ok:
                     writer.write(source.key, outcome.result, outcome.image)
@@ -84,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
                     print(f"zsad: WARNING: {source.label}: {outcome.error}", file=sys.stderr)
                     writer.write_error(source.key, source.label, outcome.error)
                     failed += 1
-        errors = sum(1 for s in sources if not writer.done.get(s.key, False))
+    final = outputs.final_state() if dist.active else writer.done
+    errors = sum(1 for s in sources if not final.get(s.key, False))
+    totals = dist.all_gather_object((scored, anomalous, failed))
+    scored, anomalous, failed = (sum(t[i] for t in totals) for i in range(3))
     seconds = time.perf_counter() - started
-    print(f"zsad: {scored + failed} images: {scored} scored, {anomalous} anomalous, {failed} failed, {seconds:.1f} s "
-          f"-> {args.out}" + (f"; {errors} of {len(sources)} inputs have an error row" if errors else ""),
-          file=sys.stderr)
+    if dist.is_main:
+        ranks = f" on {dist.world_size} processes" if dist.active else ""
+        print(f"zsad: {scored + failed} images: {scored} scored, {anomalous} anomalous, {failed} failed, "
+              f"{seconds:.1f} s{ranks} -> {args.out}"
+              + (f"; {errors} of {len(sources)} inputs have an error row" if errors else ""), file=sys.stderr)
     return EXIT_SOME_FAILED if errors else EXIT_OK
