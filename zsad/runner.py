@@ -289,9 +289,9 @@ class Runner:
         (:func:`~zsad.distributed.assign_groups`), otherwise every group is scored by all ranks together, each
         holding a contiguous slice of it (:meth:`~zsad.methods.base.Method.raw_across`).
         """
-        groups = [(name, group) for name, group in group_sources(sources, group_by)
-                  if not all(s.key in done for s in group)]
-        several = len(group_sources(sources, group_by)) > 1
+        every = group_sources(sources, group_by)
+        several = len(every) > 1
+        groups = [(name, group) for name, group in every if not all(s.key in done for s in group)]
         tick = progress or (lambda n: None)
         if dist is not None and dist.active:
             yield from self._sharded(groups, done, several, tick, dist)
