@@ -6,6 +6,11 @@ Accepted forms:
     ``ARCH:random``                the real architecture with random weights (speed benchmarks)
     ``ARCH:/path/to/weights``      a local checkpoint file
     ``hf-hub:ORG/REPO``            an open_clip model published on the Hugging Face Hub
+    ``timm:MODEL``                 a vision-only timm model with its pretrained tag, e.g.
+                                   ``timm:vit_large_patch14_dinov2.lvd142m`` (no text tower)
+    ``timm:MODEL:random``          the same architecture with random weights
+    ``timm:MODEL:/path/to/file``   a local file: a timm state dict or the original release's (timm converts it)
+    ``timm:tiny-dinov2:random``    a tiny DINOv2-style model built from a config (tests, smoke runs)
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from zsad.errors import UsageError
 
 DEFAULT_BACKBONE = "ViT-L-14-336:openai"
 TINY_RANDOM = "tiny-random"
+TIMM_PREFIX = "timm:"
+#: the tiny DINOv2-style timm model (``timm:tiny-dinov2:random``), built from a config in ``zsad.backbones.tiny_dino``
+TINY_DINO = "tiny-dinov2"
 
 SourceKind = Literal["tiny", "random", "tag", "file", "hf-hub"]
 
@@ -30,10 +38,17 @@ class BackboneSpec:
     kind: SourceKind
     arch: str
     source: str = ""
+    #: "clip" (open_clip: image and text towers) or "timm" (vision only; ``arch`` is timm's model name with its tag)
+    family: str = "clip"
 
     @property
     def random_weights(self) -> bool:
         return self.kind in ("tiny", "random")
+
+    @property
+    def vision_only(self) -> bool:
+        """No text tower: methods that compare images with sentences cannot run on it."""
+        return self.family == "timm"
 
 
 def parse_backbone_name(name: str) -> BackboneSpec:
@@ -43,6 +58,8 @@ def parse_backbone_name(name: str) -> BackboneSpec:
         raise UsageError("empty backbone name")
     if name == TINY_RANDOM:
         return BackboneSpec(name=name, kind="tiny", arch=TINY_RANDOM)
+    if name.startswith(TIMM_PREFIX):
+        return _parse_timm(name)
     if name.startswith("hf-hub:"):
         repo = name[len("hf-hub:"):]
         if repo.count("/") != 1:
@@ -59,3 +76,19 @@ def parse_backbone_name(name: str) -> BackboneSpec:
     if "/" in rest or "\\" in rest or Path(rest).suffix in (".pt", ".pth", ".bin", ".safetensors"):
         return BackboneSpec(name=name, kind="file", arch=arch, source=rest)
     return BackboneSpec(name=name, kind="tag", arch=arch, source=rest)
+
+
+def _parse_timm(name: str) -> BackboneSpec:
+    """``timm:MODEL``, ``timm:MODEL:random`` or ``timm:MODEL:/path``; MODEL is timm's name, tag included."""
+    model, sep, rest = name[len(TIMM_PREFIX):].partition(":")
+    if not model or (sep and not rest):
+        raise UsageError(f"backbone '{name}': expected timm:MODEL (e.g. timm:vit_large_patch14_dinov2.lvd142m), "
+                         f"timm:MODEL:random or timm:MODEL:/path/to/weights")
+    if rest == "random":
+        return BackboneSpec(name=name, kind="random", arch=model, family="timm")
+    if rest:
+        return BackboneSpec(name=name, kind="file", arch=model, source=rest, family="timm")
+    if model == TINY_DINO:
+        raise UsageError(f"backbone '{name}': the tiny DINOv2 has no released weights; use "
+                         f"{TIMM_PREFIX}{TINY_DINO}:random or {TIMM_PREFIX}{TINY_DINO}:/path/to/weights")
+    return BackboneSpec(name=name, kind="tag", arch=model, family="timm")
