@@ -108,6 +108,7 @@ def create(
     class_name: str | None = None,
     cache_dir: str | None = None,
     warn_random: bool = True,
+    references: Iterable[ImageLike] | None = None,
     **method_options,
 ) -> Detector:
     """Build a detector. ``method_options`` are fields of the method's config dataclass (e.g. ``prompts=``).
@@ -115,11 +116,27 @@ def create(
     ``backbone`` is a name, or an already loaded :class:`ClipBackbone` to share between detectors (the demo keeps
     one per process); a shared backbone keeps its device and input size (``device``/``image_size`` are ignored).
     ``threshold`` is the default decision threshold (image scores and map values); see :mod:`zsad.decisions`.
+    ``references`` (known-good images: paths or PIL) score every image against them instead
+    (:mod:`zsad.methods.reference`; ``method`` then only says whether batches are joint: musc, auto).
     """
     thresholds = Thresholds(threshold)
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     cls = method_class(method)
+    if references is not None:
+        from zsad.methods.reference import create_with_references
+
+        return create_with_references(method, list(references), backbone=backbone, device=device,
+                                      precision=precision, image_size=image_size, batch_size=batch_size,
+                                      threshold=threshold, cache_dir=cache_dir, warn_random=warn_random,
+                                      **method_options)
+    if isinstance(backbone, str) and getattr(cls, "needs_text", True):
+        from zsad.backbones import parse_backbone_name
+
+        if parse_backbone_name(backbone).vision_only:
+            from zsad.backbones.timm import vision_only_message
+
+            raise UsageError(vision_only_message(method, backbone))
     torch_device = backbone.device if isinstance(backbone, ClipBackbone) else resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     config_cls = cls.config_class

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from zsad.backbones.clip import ClipBackbone, TokenOutput
-from zsad.backbones.names import DEFAULT_BACKBONE, TINY_RANDOM, BackboneSpec, parse_backbone_name
+from zsad.backbones.names import DEFAULT_BACKBONE, TIMM_PREFIX, TINY_RANDOM, BackboneSpec, parse_backbone_name
 from zsad.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,11 @@ def load_backbone(
     OpenAI weights are loaded with QuickGELU (the activation they were trained with; open_clip #771).
     Random weights log a warning unless ``warn_random=False`` (the CLI prints its own).
     """
+    if name.strip().startswith(TIMM_PREFIX):  # vision-only timm models (DINOv2, DINOv3): zsad.backbones.timm
+        from zsad.backbones.timm import load_timm_backbone
+
+        return load_timm_backbone(name, image_size=image_size, device=device, cache_dir=cache_dir, offline=offline,
+                                  warn_random=warn_random)  # timm models run their own activation (GELU)
     import open_clip
 
     from zsad.backbones import weights

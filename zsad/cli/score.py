@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder: score each real parent folder as its own category (matters for musc/auto)")
     add_model_options(p)
     add_msm_option(p)
+    from zsad.cli.export import add_runtime_options
+
+    add_runtime_options(p)  # after the model options: marks their defaults as not given
     p.add_argument("--out", default="zsad-results", help="output folder (default zsad-results)")
     p.add_argument("--resume", action="store_true", help="skip images that already have a row in OUT/results.csv")
     p.add_argument("--no-maps", action="store_true", help="do not write heat-map overlays")
@@ -29,6 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-from", default=None, metavar="GOOD",
                    help="images known to be good (folder, files or glob): decide with thresholds taken from "
                         "their scores instead of --threshold (see README, 'Thresholds without defect examples')")
+    p.add_argument("--reference", default=None, metavar="GOOD",
+                   help="known-good images of the product (folder, files or glob): score each image by its patches' "
+                        "distance to theirs (works for a single image, on any backbone; with musc/auto a batch is "
+                        "scored jointly with them). Scores are calibrated so 0.5 = as far as the worst held-out good "
+                        "image (see README, 'References, MuSc or learned prompts')")
+    p.add_argument("--coreset", type=float, default=None, metavar="FRACTION",
+                   help="with --reference: keep this fraction of the reference patches (greedy coreset) to save "
+                        "memory and time on large reference sets (default: all, up to 262,144 per bank)")
     p.add_argument("--good-quantile", type=float, default=0.99,
                    help="with --threshold-from: the quantile of the good scores used as threshold (default 0.99)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -37,6 +48,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _report(where: str, thresholds) -> None:
     print(f"zsad: {thresholds.describe()}{' for group ' + repr(where) if where else ''}", file=sys.stderr)
+
+
+def _reference_options(args: argparse.Namespace) -> dict:
+    """``references=`` (the known-good files of ``--reference``) and the options scoring against them takes."""
+    from zsad.runner import sources_from_inputs
+
+    found = [s.path for s in sources_from_inputs([args.reference])]
+    if not found:
+        raise UsageError(f"--reference {args.reference}: no images found")
+    options: dict = {"references": found}
+    if args.coreset is not None:
+        options["coreset"] = args.coreset
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +84,17 @@ def _score(args: argparse.Namespace, dist) -> int:
         raise UsageError(f"--good-quantile must be in [0, 1], got {args.good_quantile}")
     sources = sources_from_inputs(args.inputs)
     good_sources = sources_from_inputs([args.threshold_from]) if args.threshold_from else None
+    from zsad.cli.export import runtime_options
+
+    runtime = runtime_options(args)  # --runtime onnx: model flags not given come from the export
+    extra = method_options(args, args.method)
+    extra.update(runtime)
+    if args.reference:
+        extra.update(_reference_options(args))
     detector = zsad.create(
         args.method, backbone=args.backbone, device=rank_device(args.device, dist), precision=args.precision,
         image_size=args.image_size, batch_size=args.batch_size, threshold=args.threshold,
-        class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False,
-        **method_options(args, args.method),
+        class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False, **extra,
     )
     if dist.is_main:
         warn_random_weights(detector.backbone, args.backbone)

@@ -4,6 +4,8 @@ Pipeline (the official code is the ground truth where it and the paper differ): 
 tokens of four blocks (0-based [5, 11, 17, 23] for 24-block ViTs, [2, 5, 8, 11] for 12-block ones) -> LNAMD with
 r in {1, 3, 5} -> MSM per (r, block) -> mean of the 12 maps -> bilinear upsampling (``align_corners=True``) to
 the input size -> image score = maximum of the upsampled map -> RsCIN with the CLIP image embeddings.
+On a vision-only timm backbone (DINOv2) the tokens are final-normed and RsCIN takes the normed class token
+un-normalised, as the official ``dinov2_vitl14`` setting does (:mod:`zsad.backbones.timm`).
 
 Scores are relative to the batch: RsCIN min-max normalises image scores over the batch, and maps are min-max
 normalised with the batch's smallest and largest map values, so the most anomalous image of a batch scores 1
@@ -76,6 +78,7 @@ class MuscMethod(Method):
     transductive = True
     pos_interpolation = "bicubic"
     config_class = MuscConfig
+    needs_text = False  # runs on vision-only backbones too (timm DINOv2/v3: the official DINOv2 path)
 
     def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: MuscConfig | None = None) -> None:
         super().__init__(backbone, dtype=dtype)
@@ -91,7 +94,10 @@ class MuscMethod(Method):
     def features_from_tokens(self, out: TokenOutput) -> MuscFeatures:
         """Plain-path patch tokens moved to host memory in the storage dtype."""
         layers = [out.plain[i][:, 1:].to("cpu", self.storage_dtype) for i in self.layers]
-        return MuscFeatures(layers=layers, pooled=F.normalize(out.pooled.float(), dim=-1).cpu())
+        pooled = out.pooled.float()
+        if getattr(self.backbone, "normalize_pooled", True):  # CLIP: unit embeddings; DINO: the raw normed cls token
+            pooled = F.normalize(pooled, dim=-1)
+        return MuscFeatures(layers=layers, pooled=pooled.cpu())
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> MuscFeatures:
