@@ -166,3 +166,27 @@ def test_draw_references_is_seeded_and_takes_normal_train_images(tmp_path):
     assert first == draw_references(dataset, "grain", 3, seed=1)
     assert len(set(first)) == 3 and all("train" in p.parts and "good" in p.parts for p in first)
     assert {tuple(draw_references(dataset, "grain", 3, seed=s)) for s in range(6)} != {tuple(first)}
+
+
+def test_evaluate_with_reference_shots_over_two_seeds(tmp_path, capsys):
+    import json
+
+    from zsad.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", categories=["grain"], n_train_good=4, n_test_good=2, n_test_defect=2,
+                 defect_types=["hole"], size=112)
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--data", str(tmp_path / "data"), "--method", "musc", "--backbone", TINY_DINO,
+                 "--image-size", "112", "--reference-shots", "2", "--reference-seed", "0", "1", "--out", str(out),
+                 "-q"])
+    assert code == 0
+    for seed in (0, 1):
+        summary = json.loads((out / f"seed-{seed}" / "metrics.json").read_text())
+        assert summary["references"] == {"shots": 2, "seed": seed}
+    seeds = json.loads((out / "metrics_seeds.json").read_text())
+    assert seeds["seeds"] == [0, 1] and "image_auroc" in seeds["metrics"]
+    assert "2-shot over seeds 0, 1" in capsys.readouterr().out
+    again = main(["evaluate", "--data", str(tmp_path / "data"), "--method", "musc", "--backbone", TINY_DINO,
+                  "--image-size", "112", "--reference-shots", "3", "--reference-seed", "0",
+                  "--out", str(out / "seed-0"), "--resume", "-q"])
+    assert again == 2  # another reference draw is not the same run

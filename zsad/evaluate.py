@@ -96,6 +96,11 @@ class EvaluateConfig:
     progress: bool = True
     #: fields of the method's config, as ``zsad.create(**method_options)`` takes them (e.g. ``adapter``, ``prompts``)
     method_options: dict[str, Any] = field(default_factory=dict)
+    #: few-shot: score each category against this many normal train images drawn with ``reference_seed``
+    #: (:mod:`zsad.methods.reference`); None = zero-shot
+    reference_shots: int | None = None
+    reference_seed: int = 0
+
 
 
 def _sha256(path: Path) -> str | None:
@@ -115,6 +120,8 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
     found["type_map_sha256"] = sha256_of_bundled()
     found["data"] = str(Path(dataset.root).resolve())
     found["format"] = dataset.format
+    if config.reference_shots:  # recorded only when set, so zero-shot runs keep their old signature
+        found["reference_shots"], found["reference_seed"] = config.reference_shots, config.reference_seed
     prompts = config.method_options.get("prompts")
     if prompts:
         found["prompts_sha256"] = _sha256(Path(prompts))
@@ -495,6 +502,8 @@ def _check_config(config: EvaluateConfig) -> None:
         raise UsageError(f"batch size must be at least 1, got {config.batch_size}")
     if config.categories is not None and not config.categories:
         raise UsageError("no categories given; leave categories out to evaluate every category")
+    if config.reference_shots is not None and config.reference_shots < 1:
+        raise UsageError(f"--reference-shots must be at least 1, got {config.reference_shots}")
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite exclude each other: resume keeps finished categories, overwrite "
                          "starts afresh")
@@ -542,10 +551,18 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
     with _bar(len(mine), "categories", config.progress and dist.is_main, unit="cat", leave=True) as bar:
         for category, samples in mine:
             marker = out / "categories" / f"{category}.json"
+            references = None
+            if config.reference_shots:
+                from zsad.methods.reference import draw_references
+
+                references = draw_references(dataset, category, config.reference_shots, config.reference_seed)
+                if detector is not None:
+                    detector.method.set_references(references)
             if detector is None:
                 detector = zsad.create(config.method, backbone=config.backbone, image_size=config.image_size,
                                        device=config.device, precision=config.precision,
-                                       batch_size=config.batch_size, warn_random=False, **config.method_options)
+                                       batch_size=config.batch_size, warn_random=False, references=references,
+                                       **config.method_options)
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
             started = time.perf_counter()
             outcomes = _score_category(detector, category, samples, config.progress and dist.is_main)
@@ -576,6 +593,8 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
         "mean": _mean(finished),
         "f1_thresholds": {r.category: r.f1_thresholds for r in finished},
         "n_failed": {r.category: r.n_failed for r in finished},
+        **({"references": {"shots": config.reference_shots, "seed": config.reference_seed}}
+           if config.reference_shots else {}),
         **_extra_summary(finished, config.aupimo_fpr_bounds),
     }
     if dist.is_main:

@@ -38,11 +38,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
     p.add_argument("--adapter", default=None, help="a learned-prompt adapter folder (anomalyclip method)")
     add_msm_option(p)
+    p.add_argument("--reference-shots", type=int, default=None, metavar="K",
+                   help="few-shot: score each category against K normal images drawn from its train split "
+                        "(reference-guided scoring; see README)")
+    p.add_argument("--reference-seed", type=int, nargs="+", default=[0], metavar="S",
+                   help="seed(s) of the reference draw (default 0); several seeds write OUT/seed-S each and "
+                        "print the mean and standard deviation over seeds")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """One evaluation, or (``--reference-shots`` with several ``--reference-seed``) one per seed and a summary."""
+    seeds = list(dict.fromkeys(args.reference_seed))
+    if args.reference_shots is None or len(seeds) == 1:
+        return _run_one(args, Path(args.out), seeds[0])
+    import json
+
+    codes, summaries = [], []
+    for seed in seeds:
+        codes.append(_run_one(args, Path(args.out) / f"seed-{seed}", seed))
+        summaries.append(json.loads((Path(args.out) / f"seed-{seed}" / "metrics.json").read_text(encoding="utf-8")))
+    _print_seed_summary(args, seeds, summaries)
+    return max(codes)
+
+
+def _print_seed_summary(args: argparse.Namespace, seeds: list[int], summaries: list[dict]) -> None:
+    """Mean and standard deviation over seeds of the mean metrics (the few-shot protocol's report)."""
+    import json
+
+    import numpy as np
+
+    from zsad.evaluate import METRIC_KEYS
+    from zsad.fileio import atomic_write_text
+
+    rows = {}
+    for key in METRIC_KEYS:
+        values = [s["mean"].get(key) for s in summaries if s["mean"].get(key) is not None]
+        if values:
+            rows[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n_seeds": len(values)}
+    record = {"reference_shots": args.reference_shots, "seeds": seeds, "metrics": rows}
+    atomic_write_text(Path(args.out) / "metrics_seeds.json", json.dumps(record, indent=2) + "\n")
+    print(f"\n{args.reference_shots}-shot over seeds {', '.join(map(str, seeds))} (mean ± std of the category means):")
+    print("| metric | mean | std |\n|---|---|---|")
+    for key, row in rows.items():
+        print(f"| {key} | {row['mean']:.3f} | {row['std']:.3f} |")
+
+
+def _run_one(args: argparse.Namespace, out: Path, seed: int) -> int:
     """Run :func:`zsad.evaluate.evaluate` (on every rank under a launcher) and print the Markdown table."""
     from zsad.cli.options import process_group
     from zsad.distributed import rank_device
@@ -52,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
     options.pop("progress", None)  # evaluation has its own bars
     with process_group(args) as dist:
         config = EvaluateConfig(
-            data=Path(args.data), out=Path(args.out), method=args.method, backbone=args.backbone,
+            data=Path(args.data), out=out, method=args.method, backbone=args.backbone,
             image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
             aupro_variant=args.aupro_variant, aupimo_fpr_bounds=tuple(args.aupimo_fpr_bounds), resume=args.resume,
             overwrite=args.overwrite, device=rank_device(args.device, dist), precision=args.precision,
             batch_size=args.batch_size, progress=not args.quiet, method_options=options,
+            reference_shots=args.reference_shots, reference_seed=seed,
         )
         summary = evaluate(config, dist)
         if not dist.is_main:
@@ -65,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
     failed = sum((summary.get("n_failed") or {}).values())
     if failed:
         print(f"zsad: {failed} test images could not be scored and are left out of the metrics (see "
-              f"{Path(args.out) / 'per_image'})", file=sys.stderr)
-    print(f"zsad: wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
+              f"{out / 'per_image'})", file=sys.stderr)
+    print(f"zsad: wrote {out / 'metrics.json'}", file=sys.stderr)
     return 1 if failed else 0

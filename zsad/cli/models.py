@@ -20,4 +20,13 @@ def run(args: argparse.Namespace) -> int:
     print("backbones (any open_clip ViT ARCH:TAG works too; see open_clip.list_pretrained()):")
     for name, description in KNOWN_BACKBONES:
         print(f"  {name:34s} {description}")
+    from zsad.backbones.timm import KNOWN_TIMM_BACKBONES
+
+    print("backbone families:")
+    print("  open_clip CLIP  ARCH:TAG, ARCH:random, ARCH:/path, hf-hub:ORG/REPO: image and text towers, every method")
+    print("  timm (vision)   timm:MODEL, timm:MODEL:random, timm:MODEL:/path: no text tower; musc, and any method "
+          "with --reference")
+    print("vision-only backbones (any timm ViT with a pretrained tag works too; see timm.list_pretrained()):")
+    for name, description in KNOWN_TIMM_BACKBONES:
+        print(f"  {name:46s} {description}")
     return 0
