@@ -10,8 +10,14 @@ Usage::
     python evaluation/eval_dialogue.py --bank --out runs/bank                    # held-out questions, grounded
     python evaluation/eval_dialogue.py --bank --lvlm tiny-random --out runs/bank-lvlm
 
-The dataset's yes/no questions are the first paraphrases of ``prompts/dialogue.yaml`` (the ones the LVLM is
-trained on). ``--bank [FILE]`` asks every question of the held-out bank (default
+With ``--data``, each test image is asked one held-out paraphrase per intent (yes/no, type, where, how many),
+drawn in turn from the single-intent questions of ``evaluation/questions/heldout.yaml`` that match no template of
+``prompts/dialogue.yaml`` (``--questions training``: the first training paraphrase, as before; ``--questions
+FILE``: another bank). Only the test split is evaluated; with ``--adapter`` (or ``--trained-on``) the training
+record it holds (:mod:`zsad.dialogue.overlap`) is read: without ``--categories`` the categories training named are
+left out, and evaluation images with the bytes of a training image (sha256) or questions that are training
+paraphrases are counted, written to ``OUT/overlap.json`` and the metrics, and refused (exit 2) unless
+``--allow-overlap``. ``--bank [FILE]`` asks every question of the held-out bank (default
 ``evaluation/questions/heldout.yaml``, never read by the recogniser or by training) about each synthetic scenario
 of :mod:`question_bank` and writes ``OUT/bank_metrics.json``, ``OUT/bank_metrics.md`` and
 ``OUT/bank_answers.jsonl``.
@@ -58,10 +64,43 @@ from zsad.dialogue.judge import (
     parse_yes_no,
 )
 
+#: held-out bank entries that ask one dataset intent (intent, polarity): yes/no about any defect, type, where, count
+_BANK_INTENTS = {"anomaly": ("presence", "defect"), "type": ("type", None), "where": ("location", None),
+                 "count": ("count", None)}
+
 
 def _questions(class_name: str) -> dict[str, str]:
+    """The first training paraphrase per intent (``--questions training``)."""
     tables = load_dialogue_tables()
     return {intent: qs[0].format(object=class_name) for intent, qs in tables.questions.items()}
+
+
+def heldout_pools(bank: str | Path = question_bank.DEFAULT_BANK, seed: int = 0) -> dict[str, list[str]]:
+    """Per dataset intent, the bank's questions asking only that (no defect type, no place), minus any that a
+    template of ``prompts/dialogue.yaml`` matches, in a seeded order."""
+    from zsad.dialogue.overlap import matches_any
+    from zsad.errors import UsageError
+
+    trained = [q for qs in load_dialogue_tables().questions.values() for q in qs]
+    entries = question_bank.load_bank(bank)
+    rng = random.Random(seed)
+    pools = {}
+    for intent, (asks, polarity) in _BANK_INTENTS.items():
+        pool = [e.question for e in entries if e.intents == (asks,) and e.polarity == polarity and not e.types
+                and e.region is None and not matches_any(e.question, trained)]
+        if not pool:
+            raise UsageError(f"question bank {bank}: no held-out '{asks}' question to ask")
+        rng.shuffle(pool)
+        pools[intent] = pool
+    return pools
+
+
+def _question_source(args: argparse.Namespace) -> Any:
+    """``(class_name, n) -> {intent: question}`` for the n-th image evaluated."""
+    if args.questions == "training":
+        return lambda class_name, n: _questions(class_name)
+    pools = heldout_pools(question_bank.DEFAULT_BANK if args.questions == "heldout" else args.questions, args.seed)
+    return lambda class_name, n: {intent: pool[n % len(pool)] for intent, pool in pools.items()}
 
 
 def evaluate_dialogue(records: list[dict[str, Any]], vocab: dict[str, Any]) -> dict[str, Any]:
@@ -147,32 +186,96 @@ def _write(out: Path, stem: str, payload: dict[str, Any], table: str, records: l
             f.write(json.dumps(record) + "\n")
 
 
-def run_dataset(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
+def _training_record(args: argparse.Namespace) -> tuple[Any, str]:
+    """The training record of ``--trained-on`` or ``--adapter`` and, when there is none, why."""
+    from zsad.dialogue.overlap import read_record
+
+    source = args.trained_on or args.adapter
+    if not source:
+        return None, "no --adapter or --trained-on: nothing was trained"
+    record = read_record(source)
+    if record is None:
+        return None, f"{source} records no training data (an adapter from before zsad recorded it)"
+    return record, ""
+
+
+def plan_dataset(args: argparse.Namespace, record: Any) -> list[tuple[str, list[Any], list[dict[str, str]]]]:
+    """``(category, test samples, questions per sample)`` to evaluate; without ``--categories``, those training
+    named are left out (evaluation takes the test split of the others)."""
+    from zsad.data.datasets import open_dataset
+    from zsad.errors import UsageError
+
+    dataset = open_dataset(args.data, categories=args.categories or None)
+    categories = list(dataset.categories)
+    if not args.categories and record is not None and record.categories:
+        trained = [c for c in categories if c in record.categories]
+        categories = [c for c in categories if c not in record.categories]
+        if trained:
+            print(f"eval_dialogue: leaving out the categories the adapter was trained on: {', '.join(trained)}",
+                  file=sys.stderr)
+        if not categories:
+            raise UsageError(f"every category of {args.data} was named in training ({', '.join(trained)}); name "
+                             "others with --categories or evaluate on another dataset")
+    asked = _question_source(args)
+    plan, n = [], 0
+    for category in categories:
+        samples = dataset.samples(category, "test")
+        if args.limit:
+            samples = samples[:args.limit]
+        class_name = category.replace("_", " ")
+        questions = [asked(class_name, n + k) for k in range(len(samples))]
+        n += len(samples)
+        plan.append((category, samples, questions))
+    return plan
+
+
+def check_overlap(args: argparse.Namespace, record: Any, reason: str, plan: list[Any],
+                  bank_questions: list[str]) -> Any:
+    """Compare the evaluation with the training ``record`` (None: not checked, for ``reason``); writes
+    ``OUT/overlap.json``; refuses an overlap unless ``--allow-overlap``."""
+    from zsad.dialogue.overlap import find_overlap, unchecked
+    from zsad.errors import UsageError
+
+    if record is None:
+        overlap = unchecked(reason)
+        if args.adapter or args.trained_on:
+            print(f"eval_dialogue: WARNING: overlap with the training data not checked: {reason}", file=sys.stderr)
+    else:
+        images = [s.image_path for _, samples, _ in plan for s in samples]
+        questions = [q for _, _, per_image in plan for asked in per_image for q in asked.values()] + bank_questions
+        overlap = find_overlap(record, images, questions)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overlap.json").write_text(json.dumps(overlap.to_dict(), indent=2) + "\n")
+    if overlap.found and not args.allow_overlap:
+        raise UsageError(f"{overlap.message()}; pass --allow-overlap to evaluate anyway")
+    return overlap
+
+
+def run_dataset(args: argparse.Namespace, responder: Any, plan: list[Any] | None = None,
+                overlap: Any = None) -> dict[str, Any]:
     from PIL import Image
 
     import zsad
-    from zsad.data.datasets import load_mask, open_dataset
+    from zsad.data.datasets import load_mask
     from zsad.data.images import load_image
     from zsad.prompts import load_prompt_bank
     from zsad.visualize import overlay
 
     vocab = dict(load_prompt_bank().defects)
-    dataset = open_dataset(args.data, categories=args.categories or None)
+    plan = plan if plan is not None else plan_dataset(args, None)
     rng = random.Random(args.seed)
     records: list[dict[str, Any]] = []
-    for category in dataset.categories:
+    for category, samples, asked in plan:
         class_name = category.replace("_", " ")
-        samples = dataset.samples(category, "test")
-        if args.limit:
-            samples = samples[:args.limit]
         detector = None
         if args.detector != "ground-truth":
             detector = zsad.create(args.detector, backbone=args.backbone, device=args.device, precision=args.precision,
                                    image_size=args.image_size, threshold=args.threshold, class_name=class_name,
                                    cache_dir=args.cache_dir)
             results = detector.score([s.image_path for s in samples], class_name=class_name)
-        questions = _questions(class_name)
         for k, sample in enumerate(samples):
+            questions = asked[k]
             image = load_image(sample.image_path)
             mask = (load_mask(sample.mask_path, image.size, sample.image_path) > 0 if sample.label
                     else np.zeros((image.size[1], image.size[0]), dtype=bool))
@@ -186,7 +289,8 @@ def run_dataset(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
             answers = {intent: responder.answer(q, evidence, image=image, overlay=shown)
                        for intent, q in questions.items()}
             record = {"image": str(sample.image_path), "category": category, "truth": truth.to_dict(),
-                      "truth_cells": sorted(covered_cells(mask)), "detector": evidence.to_dict(), "answers": answers}
+                      "truth_cells": sorted(covered_cells(mask)), "detector": evidence.to_dict(),
+                      "questions": questions, "answers": answers}
             if hasattr(responder, "yes_probability"):
                 record["p_yes"] = responder.yes_probability(questions["anomaly"], evidence, image=image,
                                                             overlay=shown)
@@ -200,14 +304,29 @@ def run_dataset(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
                     record["flipped_anomalous"] = flipped.anomalous
             records.append(record)
     metrics = evaluate_dialogue(records, vocab)
-    settings = {"data": args.data, "responder": responder.name, "detector": args.detector,
+    settings = {"data": args.data, "split": "test", "categories": ",".join(c for c, _, _ in plan),
+                "questions": args.questions, "responder": responder.name, "detector": args.detector,
                 "backbone": args.backbone if args.detector != "ground-truth" else "-"}
-    _write(Path(args.out), "dialogue_metrics", {"settings": settings, "metrics": metrics}, markdown(metrics, settings),
-           records, "answers.jsonl")
+    overlap_dict = overlap.to_dict() if overlap is not None else {"checked": False}
+    _write(Path(args.out), "dialogue_metrics", {"settings": settings, "metrics": metrics, "overlap": overlap_dict},
+           markdown(metrics, settings) + _overlap_markdown(overlap_dict), records, "answers.jsonl")
     return metrics
 
 
-def run_bank(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
+def _overlap_markdown(overlap: dict[str, Any]) -> str:
+    if not overlap.get("checked"):
+        return f"\nOverlap with the training data: not checked ({overlap.get('reason', 'no training record')}).\n"
+    return (f"\nOverlap with the training data ({overlap['record']}): {overlap['images']} of "
+            f"{overlap['eval_images']} images, {overlap['questions']} of {overlap['eval_questions']} questions.\n")
+
+
+def bank_questions(args: argparse.Namespace) -> list[str]:
+    """The questions ``--bank`` will ask (for the overlap check, before a model is loaded)."""
+    entries = question_bank.load_bank(args.bank)
+    return [e.question for e in (entries[:args.bank_limit] if args.bank_limit else entries)]
+
+
+def run_bank(args: argparse.Namespace, responder: Any, overlap: Any = None) -> dict[str, Any]:
     """The held-out question bank asked about every scenario (:mod:`question_bank`)."""
     from zsad.dialogue.grounded import GroundedResponder
 
@@ -229,7 +348,8 @@ def run_bank(args: argparse.Namespace, responder: Any) -> dict[str, Any]:
     metrics = {"reading": reading, "answers": question_bank.answer_metrics(records)}
     settings = {"bank": str(args.bank), "responder": responder.name, "scenarios": len(cases)}
     payload = {"settings": settings, "metrics": metrics, "misread": misread,
-               "wrong_answers": question_bank.wrong_answers(records)}
+               "wrong_answers": question_bank.wrong_answers(records),
+               "overlap": overlap.to_dict() if overlap is not None else {"checked": False}}
     _write(Path(args.out), "bank_metrics", payload, markdown(metrics, settings), records, "bank_answers.jsonl")
     return metrics
 
@@ -240,12 +360,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.data and not args.bank:
         raise UsageError("give --data DATASET, --bank [FILE], or both")
+    record, reason = _training_record(args)
+    plan = plan_dataset(args, record) if args.data else []
+    overlap = check_overlap(args, record, reason, plan, bank_questions(args) if args.bank else [])  # before a model
     responder = _responder(args)
     out: dict[str, Any] = {}
     if args.data:
-        out["dataset"] = run_dataset(args, responder)
+        out["dataset"] = run_dataset(args, responder, plan, overlap)
     if args.bank:
-        out["bank"] = run_bank(args, responder)
+        out["bank"] = run_bank(args, responder, overlap)
     return out["dataset"] if not args.bank else out["bank"] if not args.data else out
 
 
@@ -263,7 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=518)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--lvlm", default=None, help="LVLM id/folder/tiny-random (default: grounded rules)")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder for --lvlm")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder for --lvlm (its training record is checked)")
+    p.add_argument("--trained-on", default=None, metavar="PATH",
+                   help="check against this training record instead: an adapter folder, its training_data.json or "
+                        "a dialogues .jsonl")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even when images or questions were used in training (the counts are reported)")
+    p.add_argument("--questions", default="heldout", metavar="heldout|training|FILE",
+                   help="dataset questions: held-out paraphrases (default), the first training paraphrase, or a "
+                        "question bank YAML to draw them from")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest LVLM answer, in tokens")
     p.add_argument("--hint-flip", action="store_true", help="also ask with a flipped hint")
     p.add_argument("--device", default="auto")

@@ -386,7 +386,8 @@ def test_dialogue_resume_puts_back_a_checkpoint_left_aside(tmp_path, dataset):
     from zsad.dialogue.train import TrainConfig, train
 
     out = tmp_path / "ad"
-    common = dict(data=str(dataset), out=str(out), base="tiny-random", batch_size=2, device="cpu", quiet=True)
+    common = dict(data=str(dataset), split="test", out=str(out), base="tiny-random", batch_size=2, device="cpu",
+                  quiet=True)
     assert train(TrainConfig(**common, max_steps=2, epochs=2))["steps"] == 2
     _leave_aside(out / "checkpoint", _dead_pid())
     assert train(TrainConfig(**common, max_steps=3, epochs=2, resume=True))["steps"] == 3

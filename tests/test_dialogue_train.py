@@ -47,7 +47,7 @@ def test_tables_have_ten_paraphrases_per_question():
 
 
 def test_mix_is_about_half_normal(dataset):
-    rows = synthesise(dataset, seed=0)
+    rows = synthesise(dataset, split="all", seed=0)
     anomalous = sum(r["anomalous"] for r in rows)
     assert anomalous == 4 and len(rows) - anomalous == 4
     for row in rows:
@@ -115,7 +115,7 @@ def _losses(folder):
 def test_few_lora_steps_lower_the_loss(tmp_path, dataset):
     from zsad.dialogue.train import TrainConfig, train
 
-    rows = synthesise(dataset, seed=0)[:1]
+    rows = synthesise(dataset, split="all", seed=0)[:1]
     write_jsonl(rows, tmp_path / "one.jsonl")
     summary = train(TrainConfig(data=str(tmp_path / "one.jsonl"), out=str(tmp_path / "ad"), base="tiny-random",
                                 epochs=8, batch_size=1, lr=1e-2, quiet=True, device="cpu"))
@@ -130,8 +130,8 @@ def test_checkpoint_and_resume_via_cli(tmp_path, dataset, capsys):
     from zsad.cli import main
 
     out = tmp_path / "ad"
-    common = ["train-dialogue", "--data", str(dataset), "--out", str(out), "--base", "tiny-random", "--batch-size",
-              "2", "--device", "cpu", "-q"]  # no --checkpoint-every: the end-of-run checkpoint must suffice
+    common = ["train-dialogue", "--data", str(dataset), "--split", "all", "--out", str(out), "--base", "tiny-random",
+              "--batch-size", "2", "--device", "cpu", "-q"]  # no --checkpoint-every: the end-of-run checkpoint must suffice
     assert main([*common, "--max-steps", "2", "--epochs", "2"]) == 0
     assert (out / "checkpoint" / "trainer_state.pt").is_file() and (out / "dialogues.jsonl").is_file()
     assert main([*common, "--max-steps", "5", "--epochs", "2", "--resume"]) == 0

@@ -6,6 +6,9 @@ implies. About half the rows are normal images; about 15 % of hints are dropped 
 or a wrong cell) while the answer stays true, so the model must look at the image (TGAD, arXiv 2606.01992).
 The hint is the one the LVLM gets when answering (:func:`zsad.dialogue.agreement.lvlm_hint`): the evidence, then
 its answer to the first question, which is always an "is there a defect?" one (a yes means "defective").
+Rows are made from one split of the dataset (the train split by default, every image of named categories) and
+keep the paraphrase templates they asked, so an evaluation can show it uses other images and other questions
+(:mod:`zsad.dialogue.overlap`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from zsad.fileio import atomic_write_text
 from zsad.types import GRID_CELLS
 
 INTENTS: tuple[str, ...] = ("anomaly", "type", "where", "count")
+#: Which images of a dataset dialogues are made from.
+SPLITS: tuple[str, ...] = ("train", "test", "all")
 _ANSWER_KEYS = ("anomaly_no", "anomaly_yes", "anomaly_yes_many", "type_known", "type_unknown", "type_none",
                 "where_none", "where", "count_none", "count")
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
@@ -165,8 +170,10 @@ def dialogue_row(image: str, mask: str | None, truth: Evidence, tables: Dialogue
     hint = None if hint_state == "dropped" else lvlm_hint(evidence, ANOMALY_QUESTION)
     intents = ["anomaly", *rng.sample(INTENTS[1:], k=min(follow_ups, len(INTENTS) - 1))]
     messages: list[dict[str, Any]] = []
+    templates: list[str] = []
     for i, intent in enumerate(intents):
-        question = rng.choice(tables.questions[intent]).format(object=truth.class_name)
+        templates.append(rng.choice(tables.questions[intent]))
+        question = templates[-1].format(object=truth.class_name)
         if i == 0:
             content = [{"type": "image"}, {"type": "text", "text": user_text(hint, question)}]
         else:
@@ -176,7 +183,7 @@ def dialogue_row(image: str, mask: str | None, truth: Evidence, tables: Dialogue
                          "content": [{"type": "text", "text": answer_for(intent, truth, tables)}]})
     return {"image": image, "mask": mask, "class": truth.class_name, "type": truth.defect_type,
             "anomalous": truth.anomalous, "cells": sorted(truth.cells()), "hint": hint, "hint_state": hint_state,
-            "intents": intents, "messages": messages}
+            "intents": intents, "paraphrases": templates, "messages": messages}
 
 
 def _mask_of(sample: Any) -> np.ndarray:
@@ -191,27 +198,43 @@ def _mask_of(sample: Any) -> np.ndarray:
     return load_mask(sample.mask_path, size, sample.image_path) > 0
 
 
-def synthesise(root: str | Path, *, categories: Sequence[str] | None = None, normal_fraction: float = 0.5,
-               hint_noise: float = 0.15, follow_ups: int = 1, seed: int = 0,
+def default_split(categories: Sequence[str] | None) -> str:
+    """The split training uses unless told: every image of named categories (evaluation then takes the test split
+    of the others), else the train split (evaluation takes the test split)."""
+    return "all" if categories else "train"
+
+
+def _split_samples(dataset: Any, category: str, split: str) -> list[Any]:
+    samples = []
+    for part in (("test", "train") if split == "all" else (split,)):
+        try:
+            samples += dataset.samples(category, part)
+        except (DatasetError, OSError):  # a layout without this split
+            if part == "test":
+                raise
+    return samples
+
+
+def synthesise(root: str | Path, *, categories: Sequence[str] | None = None, split: str | None = None,
+               normal_fraction: float = 0.5, hint_noise: float = 0.15, follow_ups: int = 1, seed: int = 0,
                tables: DialogueTables | None = None) -> list[dict[str, Any]]:
-    """Dialogue rows from every anomalous image (with a mask) of a dataset's test split plus enough normal
-    images (test, then train) for ``normal_fraction`` of the rows."""
+    """Dialogue rows from every anomalous image (with a mask) of ``split`` ("train", "test" or "all"; default
+    :func:`default_split`) plus enough of its normal images for ``normal_fraction`` of the rows."""
     from zsad.data.datasets import open_dataset
 
     if not 0.0 <= normal_fraction < 1.0 or not 0.0 <= hint_noise <= 1.0:
         raise UsageError("normal_fraction must be in [0, 1) and hint_noise in [0, 1]")
+    split = split or default_split(categories)
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     tables = tables or load_dialogue_tables()
     rng = random.Random(seed)
     dataset = open_dataset(root, categories=categories) if categories else open_dataset(root)
     rows: list[dict[str, Any]] = []
     for category in dataset.categories:
-        test = dataset.samples(category, "test")
-        anomalous = [s for s in test if s.label == 1 and s.mask_path is not None]
-        normal = [s for s in test if s.label == 0]
-        try:
-            normal += dataset.samples(category, "train")
-        except Exception:  # noqa: BLE001 - some layouts have no train split
-            pass
+        samples = _split_samples(dataset, category, split)
+        anomalous = [s for s in samples if s.label == 1 and s.mask_path is not None]
+        normal = [s for s in samples if s.label == 0]
         wanted = round(len(anomalous) * normal_fraction / (1.0 - normal_fraction)) if anomalous else len(normal)
         chosen = anomalous + rng.sample(normal, k=min(wanted, len(normal)))
         class_name = category.replace("_", " ")

@@ -23,7 +23,7 @@ from zsad.dialogue.evidence import Evidence
 from zsad.dialogue.grounded import GroundedResponder
 from zsad.dialogue.instructions import user_text
 from zsad.dialogue.questions import Question
-from zsad.dialogue.tiny_lvlm import TINY_RANDOM
+from zsad.dialogue.tiny_lvlm import TINY_RANDOM, is_tiny
 from zsad.dialogue.vocabulary import DefectVocabulary
 from zsad.errors import WeightsNotFoundError
 
@@ -60,14 +60,24 @@ def cpu_friendly(model: Any, processor: Any) -> None:
         return
     if hasattr(images, "do_image_splitting"):  # SmolVLM / Idefics3
         images.do_image_splitting = False
-    if "qwen" in kind and hasattr(images, "max_pixels"):
-        images.max_pixels = min(int(images.max_pixels or QWEN_MAX_PIXELS), QWEN_MAX_PIXELS)
-        if hasattr(images, "size") and isinstance(images.size, dict) and "longest_edge" in images.size:
-            images.size["longest_edge"] = images.max_pixels
+    if "qwen" in kind:
+        _cap_qwen_pixels(images)
     if "onevision" in kind and hasattr(images, "image_grid_pinpoints"):
         side = int(getattr(getattr(model.config, "vision_config", None), "image_size", 384))
         images.image_grid_pinpoints = [[side, side]]
         model.config.image_grid_pinpoints = [[side, side]]
+
+
+def _cap_qwen_pixels(images: Any, cap: int = QWEN_MAX_PIXELS) -> None:
+    """At most ``cap`` pixels per image: transformers 4.x keeps the bound in ``max_pixels``, 5.x in
+    ``size.longest_edge`` (a dict or a ``SizeDict``)."""
+    if getattr(images, "max_pixels", None) is not None:
+        images.max_pixels = min(int(images.max_pixels), cap)
+    size = getattr(images, "size", None)
+    if isinstance(size, dict):
+        size["longest_edge"] = min(int(size.get("longest_edge") or cap), cap)
+    elif size is not None and hasattr(size, "longest_edge"):
+        size.longest_edge = min(int(size.longest_edge or cap), cap)
 
 
 def region_crop(image: Image.Image, evidence: Evidence, min_fraction: float = 1 / 3) -> Image.Image | None:
@@ -128,10 +138,10 @@ class LvlmResponder:
 
         torch_device = resolve_device(device)
         dtype = resolve_precision(precision, torch_device)
-        if model == TINY_RANDOM:
-            from zsad.dialogue.tiny_lvlm import tiny_lvlm
+        if is_tiny(model):
+            from zsad.dialogue.tiny_lvlm import load_tiny
 
-            net, processor = tiny_lvlm()
+            net, processor = load_tiny(model)
             random_weights = True
         else:
             from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -38,6 +38,8 @@ class TrainConfig:
     data: str
     out: str
     base: str = "HuggingFaceTB/SmolVLM-256M-Instruct"
+    categories: tuple[str, ...] | None = None
+    split: str | None = None  # None: instructions.default_split (train split, or all images of named categories)
     epochs: int = 1
     lr: float = 2e-4
     batch_size: int = 4
@@ -85,30 +87,45 @@ def encode_dialogue(processor: Any, messages: list[dict[str, Any]], images: list
     return out
 
 
-def _load_rows(config: TrainConfig, out: Path, write: bool = True) -> list[dict[str, Any]]:
-    from zsad.dialogue.instructions import read_jsonl, synthesise, write_jsonl
+def _load_rows(config: TrainConfig, out: Path, write: bool = True) -> tuple[list[dict[str, Any]], Any]:
+    """The dialogues and (``write``: the main process) the record of what they use (:mod:`zsad.dialogue.overlap`),
+    written into ``out``."""
+    from zsad.dialogue.instructions import default_split, read_jsonl, synthesise, write_jsonl
+    from zsad.dialogue.overlap import record_from_rows, write_record
 
     data = Path(config.data)
+    split = None
     if data.is_file() and data.suffix == ".jsonl":
+        if config.categories or config.split:
+            raise UsageError("--categories and --split choose images of a dataset folder; --data is a .jsonl of "
+                             "dialogues already")
         rows = read_jsonl(data)
     elif data.is_dir():
-        rows = synthesise(data, seed=config.seed)
+        split = config.split or default_split(config.categories)
+        rows = synthesise(data, categories=config.categories, split=split, seed=config.seed)
         if write:
             write_jsonl(rows, out / "dialogues.jsonl")
     else:
         raise DatasetError(f"--data {data}: not a dataset folder or a .jsonl file of dialogues")
     if not rows:
-        raise DatasetError(f"--data {data}: no dialogues (a dataset needs anomalous images with masks or normal images)")
-    return rows
+        raise DatasetError(f"--data {data}: no dialogues in the {split or 'given'} split (a dataset needs anomalous "
+                           "images with masks or normal images)")
+    if split is not None and not any(r.get("anomalous") for r in rows):
+        log.warning("the %s split of %s has no anomalous images with masks: all %d dialogues are about normal "
+                    "images (name --categories to train on every image of them and evaluate on the others)",
+                    split, data, len(rows))
+    record = None
+    if write:
+        record = record_from_rows(rows, data=str(data), split=split, categories=config.categories)
+        write_record(record, out)
+    return rows, record
 
 
 def _load_base(config: TrainConfig) -> tuple[Any, Any, bool]:
-    from zsad.dialogue.tiny_lvlm import TINY_RANDOM
+    from zsad.dialogue.tiny_lvlm import is_tiny, load_tiny
 
-    if config.base == TINY_RANDOM:
-        from zsad.dialogue.tiny_lvlm import tiny_lvlm
-
-        model, processor = tiny_lvlm(seed=config.seed)
+    if is_tiny(config.base):
+        model, processor = load_tiny(config.base, seed=config.seed)
         return model, processor, True
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -156,7 +173,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
     main = accelerator.is_main_process
     torch.manual_seed(config.seed)
-    rows = _load_rows(config, out, write=main)
+    rows, record = _load_rows(config, out, write=main)
     model, processor, random_weights = _load_base(config)
     if random_weights and main:
         print(f"zsad: WARNING: training on '{config.base}', a model with random weights: the adapter is only a smoke test",
@@ -241,7 +258,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if main:
         save_lora(accelerator.unwrap_model(model), out, base_model=config.base, settings=settings,
                   extra={"second_view": False, "steps": step, "final_loss": last_loss, "data": str(config.data),
-                         "random_base": random_weights, "processes": accelerator.num_processes})
+                         "random_base": random_weights, "processes": accelerator.num_processes,
+                         "training_data": record.summary()})
     accelerator.wait_for_everyone()
     return {"steps": step, "loss": last_loss, "adapter": str(out), "dialogues": len(rows), "main": main,
             "processes": accelerator.num_processes}
