@@ -1,0 +1,164 @@
+"""``zsad export``: a method's backbone forward as an ONNX graph in a folder a CPU-only station scores from.
+
+The folder, written whole (:func:`zsad.fileio.atomic_dir`, so a failed or killed export leaves the old one):
+``model.onnx`` (fp32 token extraction as the method calls it), ``model.int8.onnx`` (with ``int8``),
+``tensors.safetensors`` (``ln_post`` / ``proj``, the text embeddings), ``prompts.yaml`` (a user prompt bank, when
+one was given) and ``export.json`` (:class:`~zsad.export.manifest.Manifest`, with the fidelity measured here).
+
+Text embeddings are computed once here and stored, not the text tower exported: a station inspects known
+products, the sentences are fixed by the class names and prompt bank, and the stored table keeps the tokenizer,
+the text tower and its weights off the station (AnomalyCLIP's learned prompts need the tower's internals anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsad.backbones.onnx import GraphFacts, require_onnxruntime
+from zsad.errors import UsageError
+from zsad.export import fidelity, quantize
+from zsad.export.graph import DEFAULT_OPSET, export_tokens, weights_sha256
+from zsad.export.manifest import MANIFEST, MODEL_FP32, MODEL_INT8, PROMPTS, TENSORS, Manifest, folder_sha256
+from zsad.export.record import TextRecorder, record_token_call
+from zsad.fileio import atomic_dir
+
+log = logging.getLogger(__name__)
+
+EXPORTABLE = ("clip", "anomalyclip", "musc", "auto")
+
+
+@dataclass
+class ExportRequest:
+    method: str
+    backbone: str
+    out: Path
+    image_size: int = 518
+    class_names: Sequence[str] = ()
+    activation: str = "auto"
+    int8: bool = False
+    force: bool = False
+    opset: int = DEFAULT_OPSET
+    check_images: int = fidelity.DEFAULT_CHECK_IMAGES
+    cache_dir: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # method config fields (adapter=, prompts=, layers=...)
+
+
+def export(request: ExportRequest) -> Manifest:
+    """Export, measure fidelity, and write the folder; refuses (UsageError, nothing written) an fp32 graph that
+    does not reproduce PyTorch, or an int8 one below the floor unless ``force``."""
+    import onnx
+
+    import zsad
+    from zsad.backbones import load_backbone
+    from zsad.detector import create, resolve_activation
+    from zsad.methods import method_class
+
+    ort = require_onnxruntime()
+    if request.method not in EXPORTABLE:
+        raise UsageError(f"method '{request.method}' cannot be exported (exportable: {', '.join(EXPORTABLE)})")
+    cls = method_class(request.method)
+    activation = resolve_activation(cls, request.backbone, request.image_size, request.activation,
+                                    cache_dir=request.cache_dir)
+    backbone = load_backbone(request.backbone, image_size=request.image_size, device="cpu",
+                             cache_dir=request.cache_dir, pos_interpolation=cls.pos_interpolation,
+                             activation=activation, warn_random=False)
+    names = [n for n in (s.strip() for s in request.class_names) if n] or ["object"]
+    text = TextRecorder()
+    with text.on(backbone):
+        detector = create(request.method, backbone=backbone, device="cpu", precision="fp32", class_name=names[0],
+                          **request.options)
+        for name in names[1:]:
+            detector.setup(name)
+    detector.setup(names[0])  # fidelity is measured for the first class name (the others only add text rows)
+    method = detector.method
+    count = max(request.check_images, cls.min_batch, 2)
+    checks = fidelity.check_images(count, max(request.image_size, 64))
+    call = record_token_call(backbone, method, backbone.preprocess(checks.images[:1]))
+    reference = fidelity.raw_outputs(method, checks.images)
+    visual = backbone.model.visual
+    facts = GraphFacts(num_layers=backbone.num_layers, width=backbone.width, embed_dim=backbone.embed_dim,
+                       patch_size=backbone.patch_size, image_size=backbone.image_size,
+                       activation=getattr(backbone, "activation", None), pos_interpolation=backbone.pos_interpolation,
+                       mean=tuple(backbone.mean.view(-1).tolist()), std=tuple(backbone.std.view(-1).tolist()),
+                       ln_eps=float(visual.ln_post.eps))
+    tensors = {"head.ln_post.weight": visual.ln_post.weight, "head.ln_post.bias": visual.ln_post.bias}
+    if visual.proj is not None:
+        tensors["head.proj"] = visual.proj
+    sentences, embeddings = text.table(backbone.embed_dim)
+    if sentences:
+        tensors["text.embeddings"] = embeddings
+    adapter = None
+    if request.method == "anomalyclip":
+        tensors["method.text"] = method.text
+        adapter = {"path": str(request.options["adapter"]), "sha256": folder_sha256(request.options["adapter"]),
+                   "settings": method.settings.to_config(), "taps": list(method.taps)}
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in request.options.items()}
+    manifest = Manifest(
+        method=request.method, backbone=request.backbone, weights_sha256=weights_sha256(backbone.model),
+        image_size=request.image_size, facts=facts, call=call, opset=request.opset, zsad_version=zsad.__version__,
+        precisions=["fp32"], options=options, class_names=names if sentences else [], sentences=sentences,
+        adapter=adapter,
+        versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__})
+    with atomic_dir(request.out, keep_others=False) as folder:
+        export_tokens(backbone, call, folder / MODEL_FP32, opset=request.opset)
+        _save_tensors(folder / TENSORS, tensors)
+        if "prompts" in request.options:
+            shutil.copyfile(request.options["prompts"], folder / PROMPTS)
+        fp32 = fidelity.fp32_agreement(reference, _scored(folder, manifest, "onnx", None, checks))
+        manifest.fidelity = {"images": count, "image_size": request.image_size, "fp32": fp32}
+        if not fidelity.fp32_ok(fp32):
+            raise UsageError(f"the fp32 ONNX graph does not reproduce PyTorch (maps differ by "
+                             f"{fp32['map_max_abs_diff']:.2e}, scores by {fp32['score_max_abs_diff']:.2e}; "
+                             f"tolerances {fidelity.FP32_MAP_TOL:g} / {fidelity.FP32_SCORE_TOL:g}); nothing written")
+        if request.int8:
+            manifest.int8 = _int8(folder, manifest, reference, checks, request.force)
+            manifest.precisions.append("int8")
+        (folder / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _scored(folder: Path, manifest: Manifest, runtime: str, model: Path | None, checks: fidelity.CheckSet):
+    """Raw outputs of the check images through the export being written."""
+    from zsad.export.runtime import build_method, open_backbone
+
+    backbone = open_backbone(folder, manifest, runtime, model=model)
+    method = build_method(folder, manifest, backbone, {})
+    if manifest.class_names:
+        method.setup(manifest.class_names[0])
+    return fidelity.raw_outputs(method, checks.images)
+
+
+def _int8(folder: Path, manifest: Manifest, reference, checks: fidelity.CheckSet, force: bool) -> dict[str, Any]:
+    """Quantise with the exclusion search; refuse below the floor unless ``force``."""
+    with tempfile.TemporaryDirectory(prefix="zsad-int8-") as scratch:
+        def measure(path: Path) -> fidelity.Int8Agreement:
+            return fidelity.int8_agreement(reference, _scored(folder, manifest, "onnx-int8", path, checks),
+                                           checks.masks)
+
+        trial = Path(scratch) / MODEL_INT8
+        result = quantize.search(folder / MODEL_FP32, trial, measure)
+        shutil.move(str(trial), folder / MODEL_INT8)
+    figures = result.agreement.to_dict()
+    below = not result.agreement.meets(fidelity.INT8_FLOOR)
+    if below and not force:
+        raise UsageError(f"int8 maps fall below the floor (Pearson r min {figures['pearson_min']:.4f}, pixel-AUROC "
+                         f"change {figures['auroc_delta']:.4f}; floor r >= {fidelity.INT8_FLOOR['pearson_min']}, "
+                         f"change <= {fidelity.INT8_FLOOR['auroc_delta']}) even with "
+                         f"{result.excluded_roles or 'no'} layers kept fp32; nothing written (--force writes it)")
+    return {"agreement": figures, "floor": fidelity.INT8_FLOOR, "goal": fidelity.INT8_GOAL, "forced": below,
+            "excluded_roles": result.excluded_roles, "excluded_nodes": result.excluded_nodes,
+            "search": result.trials, "quantization": "onnxruntime dynamic, int8 weights (per tensor), MatMul only"}

@@ -1,0 +1,157 @@
+"""int8 variant of an export: ONNX Runtime dynamic quantisation (int8 weights, activations quantised per call)
+of the weight MatMuls, leaving out the kinds of layers whose quantisation hurts the maps, found by measurement.
+
+The search works on layer roles (patch embedding, attention qkv / output, MLP in / out, the V-V path's value and
+output projections, the final projection): quantise all; if the maps do not reach the goal, measure each role
+quantised alone, and keep the most harmful roles in fp32 one by one until the goal is met. Every trial is kept
+for ``export.json``. The patch-embedding convolution stays fp32 (ONNX Runtime has no fast ConvInteger).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zsad.backbones.onnx import require_onnxruntime
+from zsad.export.fidelity import INT8_GOAL, Int8Agreement
+
+log = logging.getLogger(__name__)
+
+ROLES = ("attn.qkv", "attn.out", "mlp.fc", "mlp.proj", "vv.value", "vv.out", "proj", "other")
+_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite ``Gemm(A, W, b)`` with a constant ``W`` as ``MatMul(A, W') + b`` (dynamic quantisation covers
+    MatMul, not Gemm); the node keeps its name and metadata. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    count = 0
+    for node in list(graph.node):
+        if node.op_type != "Gemm" or node.input[1] not in consts:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        weight = numpy_helper.to_array(consts[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T.copy()
+        name = f"{node.input[1]}.T{count}"
+        graph.initializer.append(numpy_helper.from_array(weight, name))
+        mid = f"{node.output[0]}.matmul"
+        matmul = helper.make_node("MatMul", [node.input[0], name], [mid if len(node.input) > 2 else node.output[0]],
+                                  name=node.name)
+        matmul.metadata_props.extend(node.metadata_props)
+        new = [matmul]
+        if len(node.input) > 2 and node.input[2]:
+            new.append(helper.make_node("Add", [mid, node.input[2]], [node.output[0]], name=f"{node.name}.bias"))
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, item in enumerate(new):
+            graph.node.insert(position + offset, item)
+        count += 1
+    return count
+
+
+def weight_roles(model) -> dict[str, str]:
+    """Node name -> role, for every MatMul whose second input is a constant (the ones worth quantising)."""
+    consts = {t.name: t for t in model.graph.initializer}
+    roles = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in consts:
+            continue
+        scopes = next((p.value for p in node.metadata_props if p.key == _SCOPES), "")
+        roles[node.name] = _role(scopes, list(consts[node.input[1]].dims))
+    return roles
+
+
+def _role(scopes: str, dims: list[int]) -> str:
+    if ".mlp.c_fc" in scopes:
+        return "mlp.fc"
+    if ".mlp.c_proj" in scopes:
+        return "mlp.proj"
+    if ".attn.out_proj" in scopes:
+        return "vv.out"  # only the V-V path calls out_proj as a module; the main path's is inside attention
+    if re.search(r"resblocks\.\d+\.attn", scopes):
+        return "attn.qkv" if len(dims) == 2 and dims[1] == 3 * dims[0] else "attn.out"
+    if "linear" in scopes:
+        return "vv.value"
+    if "matmul" in scopes:
+        return "proj"
+    return "other"
+
+
+def prepare(fp32_path: Path):
+    """The fp32 graph ready for the quantiser (Gemm rewritten as MatMul + Add)."""
+    import onnx
+
+    model = onnx.load(str(fp32_path))
+    gemm_to_matmul(model)
+    return model
+
+
+def quantize(model, out: Path, exclude: list[str]) -> None:
+    require_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    hint = _DropHint()
+    root.addFilter(hint)  # the quantiser's generic "consider pre-processing" advice: done here (weights folded)
+    try:
+        quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         nodes_to_exclude=list(exclude), extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.removeFilter(hint)
+
+
+class _DropHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@dataclass
+class Int8Result:
+    agreement: Int8Agreement
+    excluded_roles: list[str]
+    excluded_nodes: list[str]
+    trials: list[dict] = field(default_factory=list)
+
+
+def search(fp32_path: Path, out: Path, measure: Callable[[Path], Int8Agreement],
+           goal: dict[str, float] = INT8_GOAL) -> Int8Result:
+    """Write the int8 graph to ``out``, leaving fp32 the roles whose quantisation hurts the maps (measured by
+    ``measure(path)`` against fp32); see the module doc."""
+    model = prepare(fp32_path)
+    roles = weight_roles(model)
+    present = [r for r in ROLES if r in roles.values()]
+    trials: list[dict] = []
+
+    def trial(excluded: list[str], only: str | None = None) -> Int8Agreement:
+        skip = [n for n, r in roles.items() if r in excluded or (only is not None and r != only)]
+        quantize(model, out, skip)
+        agreement = measure(out)
+        trials.append({"excluded": list(excluded) if only is None else [r for r in present if r != only],
+                       "quantized_only": only, **agreement.to_dict()})
+        log.info("int8 trial %s: %s", trials[-1]["excluded"], agreement)
+        return agreement
+
+    excluded: list[str] = []
+    best = trial(excluded)
+    if not best.meets(goal) and len(present) > 1:
+        harm = {role: 1.0 - trial([], only=role).pearson_min for role in present}
+        for role in sorted(present, key=lambda r: -harm[r]):
+            if harm[role] <= 1e-6 or len(excluded) == len(present) - 1:
+                break
+            excluded.append(role)
+            best = trial(excluded)
+            if best.meets(goal):
+                break
+        if trials[-1]["quantized_only"] is not None:  # the file on disk is a single-role trial: write the choice
+            best = trial(excluded)
+    nodes = sorted(n for n, r in roles.items() if r in excluded)
+    return Int8Result(agreement=best, excluded_roles=excluded, excluded_nodes=nodes, trials=trials)
