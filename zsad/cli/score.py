@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder: score each real parent folder as its own category (matters for musc/auto)")
     add_model_options(p)
     add_msm_option(p)
+    from zsad.cli.export import add_runtime_options
+
+    add_runtime_options(p)  # after the model options: marks their defaults as not given
     p.add_argument("--out", default="zsad-results", help="output folder (default zsad-results)")
     p.add_argument("--resume", action="store_true", help="skip images that already have a row in OUT/results.csv")
     p.add_argument("--no-maps", action="store_true", help="do not write heat-map overlays")
@@ -81,7 +84,11 @@ def _score(args: argparse.Namespace, dist) -> int:
         raise UsageError(f"--good-quantile must be in [0, 1], got {args.good_quantile}")
     sources = sources_from_inputs(args.inputs)
     good_sources = sources_from_inputs([args.threshold_from]) if args.threshold_from else None
+    from zsad.cli.export import runtime_options
+
+    runtime = runtime_options(args)  # --runtime onnx: model flags not given come from the export
     extra = method_options(args, args.method)
+    extra.update(runtime)
     if args.reference:
         extra.update(_reference_options(args))
     detector = zsad.create(
