@@ -187,7 +187,7 @@ class ReferenceMethod(Method):
             amap = to_original_size((up / (up + d0))[None], [size])[0]
             yield RawOutput(image_score=peak / (peak + d0), anomaly_map=amap, method=self.name,
                             extras={"mode": mode, "references": self.num_references, "raw_max": peak,
-                                    "normal_max": d0, "activation": self.backbone.activation})
+                                    "normal_max": d0, "activation": getattr(self.backbone, "activation", None)})
 
     def raw(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         n, k = len(sizes), self.num_references
