@@ -51,6 +51,7 @@ class DemoConfig:
 
     backbone: str = "ViT-L-14-336:openai"
     image_size: int = 518
+    activation: str = "auto"  # the backbone's MLP activation; auto: per method (zsad.detector.resolve_activation)
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 8
@@ -244,7 +245,8 @@ class DemoApp:
             backbone = self._backbone(cls.pos_interpolation)
             self.random_weights = bool(backbone.random_weights)
             detector = zsad.create(method, backbone=backbone, precision=self.config.precision,
-                                   batch_size=self.config.batch_size, class_name=class_name, **options)
+                                   batch_size=self.config.batch_size, class_name=class_name,
+                                   activation=self.config.activation, **options)
             self._detectors[key] = detector
             while len(self._detectors) > self.config.max_detectors:
                 self._detectors.popitem(last=False)

@@ -6,16 +6,17 @@ Usage::
     python evaluation/run_protocol.py anomalyclip-visa --data /data/visa --adapter adapters/anomalyclip-mvtec
     python evaluation/run_protocol.py --list
 
-The protocols (method, backbone, input size, AUPRO variant, the method options the paper used such as MuSc's
-blocks and RsCIN window sizes, the adapter settings of the released checkpoints, published numbers and their
-sources) are in ``evaluation/published.yaml``. Each run passes every one of those settings to
+The protocols (method, backbone, its MLP activation, input size, AUPRO variant, the method options the paper used
+such as MuSc's blocks and RsCIN window sizes, the adapter settings of the released checkpoints, published numbers
+and their sources) are in ``evaluation/published.yaml``. Each run passes every one of those settings to
 ``zsad.evaluate.evaluate`` (resumable: ``--resume``), then writes ``OUT/comparison.md`` and
 ``OUT/comparison.json``: zsad's mean per metric, the published number and the difference, in percent, and every
 setting of the run beside the published one. ``--backbone``/``--image-size`` override the protocol (e.g.
 ``tiny-random`` for a smoke run; the protocol's block numbers then give way to the method's default for that
-backbone) and ``--set KEY=VALUE`` changes or adds a method option (VALUE is YAML: ``--set rscin_ks=[1,8,9]``);
-``same_settings_as_published`` is then false and the table lists each difference, so nobody mistakes the run
-for a reproduction.
+backbone), ``--activation`` overrides the protocol's activation (``auto``: the method's own choice, see
+``zsad.detector.resolve_activation``; the table lists what ran) and ``--set KEY=VALUE`` changes or adds a method
+option (VALUE is YAML: ``--set rscin_ks=[1,8,9]``); ``same_settings_as_published`` is then false and the table
+lists each difference, so nobody mistakes the run for a reproduction.
 
 Known differences from the papers' pipelines, stated in every table: zsad computes pixel metrics at each
 image's original resolution (the papers at 518 px or 256 px), and MuSc in zsad keeps one batch per category.
@@ -35,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE / "published.yaml"
 ORDER = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupimo")
 #: Top-level settings every protocol fixes (``published_<key>`` in a protocol overrides the published value).
-TOP_SETTINGS = ("method", "backbone", "image_size", "aupro_variant")
+TOP_SETTINGS = ("method", "backbone", "activation", "image_size", "aupro_variant")
 
 
 def load_protocols(path: Path = PUBLISHED) -> dict[str, dict[str, Any]]:
@@ -60,8 +61,8 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def published_settings(protocol: dict[str, Any]) -> dict[str, Any]:
-    """Every setting of the published run, flat: ``method``, ``backbone``, ``image_size``, ``aupro_variant``,
-    ``method_options.<name>`` and ``adapter.<field>`` (nested fields joined with dots)."""
+    """Every setting of the published run, flat: ``method``, ``backbone``, ``activation``, ``image_size``,
+    ``aupro_variant``, ``method_options.<name>`` and ``adapter.<field>`` (nested fields joined with dots)."""
     found = {key: protocol.get(f"published_{key}", protocol[key]) for key in TOP_SETTINGS}
     found.update(_flatten("method_options.", protocol.get("method_options") or {}))
     found.update(_flatten("adapter.", protocol.get("adapter_settings") or {}))
@@ -80,13 +81,15 @@ def _adapter_fields(adapter: str | None) -> dict[str, Any]:
 
 
 def plan(protocol: dict[str, Any], backbone: str | None = None, image_size: int | None = None,
-         overrides: dict[str, Any] | None = None, adapter: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+         overrides: dict[str, Any] | None = None, adapter: str | None = None,
+         activation: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The method options to run with (the protocol's, then ``overrides``) and the run's settings, flat as
     :func:`published_settings` gives the paper's. Another backbone than the protocol's drops the protocol's
     ``layers`` (block numbers of its backbone) for the method's default, recorded as such."""
     options = {k: _plain(v) for k, v in (protocol.get("method_options") or {}).items()}
     used = {"method": protocol["method"], "backbone": backbone or protocol["backbone"],
-            "image_size": image_size or protocol["image_size"], "aupro_variant": protocol["aupro_variant"]}
+            "activation": activation or protocol["activation"], "image_size": image_size or protocol["image_size"],
+            "aupro_variant": protocol["aupro_variant"]}
     if used["backbone"] != protocol["backbone"] and "layers" in options:
         del options["layers"]
         used["method_options.layers"] = f"method default for {used['backbone']}"
@@ -121,7 +124,7 @@ def comparison(protocol: dict[str, Any], summary: dict[str, Any], settings: dict
         rows.append({"metric": key, "zsad": ours_pct, "published": published, "difference": diff})
     published = published_settings(protocol)
     if used is None:
-        used = {**published, **{k: settings[k] for k in ("backbone", "image_size") if k in settings}}
+        used = {**published, **{k: settings[k] for k in ("backbone", "activation", "image_size") if k in settings}}
     differences = setting_differences(published, used)
     return {"protocol": settings["protocol"], "dataset": protocol["dataset"], "source": protocol["source"],
             "settings": settings, "same_settings_as_published": not differences,
@@ -132,7 +135,8 @@ def comparison(protocol: dict[str, Any], summary: dict[str, Any], settings: dict
 def comparison_markdown(found: dict[str, Any]) -> str:
     s = found["settings"]
     lines = [f"## {found['protocol']} — {found['dataset']}", "",
-             f"zsad `{s['method']}`, backbone `{s['backbone']}` at {s['image_size']} px, AUPRO variant "
+             f"zsad `{s['method']}`, backbone `{s['backbone']}` (activation `{s.get('activation')}`) at "
+             f"{s['image_size']} px, AUPRO variant "
              f"`{s['aupro_variant']}`" + (f", adapter `{s['adapter']}`" if s.get("adapter") else "") + ".",
              f"Published: {found['source']}."]
     if s.get("random_weights"):
@@ -147,8 +151,9 @@ def comparison_markdown(found: dict[str, Any]) -> str:
         cells = ["-" if row[k] is None else f"{row[k]:.2f}" for k in ("zsad", "published", "difference")]
         lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
     differences = found.get("setting_differences") or []
-    lines += ["", "Settings compared with the published run (backbone, input size, layers, method options, adapter, "
-                  "AUPRO variant): " + ("all the same." if not differences else f"{len(differences)} differ:")]
+    lines += ["", "Settings compared with the published run (backbone, activation, input size, layers, method "
+                  "options, adapter, AUPRO variant): "
+              + ("all the same." if not differences else f"{len(differences)} differ:")]
     if differences:
         lines += ["", "| setting | published | this run |", "|---|---|---|"]
         lines += [f"| {d['setting']} | {d['published']} | {d['run']} |" for d in differences]
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", default=None, help="learned-prompt adapter (anomalyclip protocols)")
     parser.add_argument("--backbone", default=None, help="override the protocol's backbone (smoke runs)")
     parser.add_argument("--image-size", type=int, default=None, help="override the protocol's input size")
+    parser.add_argument("--activation", default=None, choices=["auto", "gelu", "quick_gelu"],
+                        help="override the protocol's MLP activation (auto: the method's own choice)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change or add a method option (YAML value, e.g. rscin_ks=[1,8,9]); listed as a "
                              "difference from the published settings")
@@ -203,18 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     from zsad.evaluate import EvaluateConfig, evaluate
 
     out = Path(args.out or Path("runs") / args.protocol)
-    options, used = plan(protocol, args.backbone, args.image_size, _parse_set(args.set, parser), args.adapter)
+    options, used = plan(protocol, args.backbone, args.image_size, _parse_set(args.set, parser), args.adapter,
+                         args.activation)
     settings = {"protocol": args.protocol, "method": protocol["method"], "backbone": used["backbone"],
-                "image_size": used["image_size"], "aupro_variant": protocol["aupro_variant"],
-                "precision": args.precision, "adapter": args.adapter, "categories": args.categories}
+                "activation": used["activation"], "image_size": used["image_size"],
+                "aupro_variant": protocol["aupro_variant"], "precision": args.precision, "adapter": args.adapter,
+                "categories": args.categories}
     try:
         settings["random_weights"] = parse_backbone_name(settings["backbone"]).random_weights
     except ZsadError as exc:
         parser.error(str(exc))
     config = EvaluateConfig(
         data=Path(args.data), out=out, method=settings["method"], backbone=settings["backbone"],
-        image_size=settings["image_size"], aupro_variant=settings["aupro_variant"], device=args.device,
-        precision=args.precision, batch_size=args.batch_size, resume=args.resume,
+        activation=settings["activation"], image_size=settings["image_size"], aupro_variant=settings["aupro_variant"],
+        device=args.device, precision=args.precision, batch_size=args.batch_size, resume=args.resume,
         categories=tuple(c.strip() for c in args.categories.split(",")) if args.categories else None,
         method_options={**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()},
                         **({"adapter": args.adapter} if args.adapter else {})},
@@ -224,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except ZsadError as exc:
         print(f"run_protocol: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    used["activation"] = settings["activation"] = summary.get("activation", used["activation"])  # "auto" resolved
     found = comparison(protocol, summary, settings, used)
     (out / "comparison.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     table = comparison_markdown(found)

@@ -34,8 +34,8 @@ def _config(data: Path, out: Path, **changes) -> EvaluateConfig:
 
 
 def _check_summary(summary: dict, categories: tuple[str, ...]) -> None:
-    assert set(summary) == {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds", "n_failed",
-                            "aupimo", "defect_types", "defect_type_naming"}
+    assert set(summary) == {"method", "backbone", "activation", "aupro_variant", "categories", "mean",
+                            "f1_thresholds", "n_failed", "aupimo", "defect_types", "defect_type_naming"}
     assert summary["n_failed"] == {c: 0 for c in categories}
     assert sorted(summary["categories"]) == sorted(categories)
     assert sorted(summary["f1_thresholds"]) == sorted(categories)

@@ -72,8 +72,8 @@ def test_the_settings_comparison_flags_each_changed_option(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter.json").write_text(json.dumps({
-        "image_size": 518, "taps": [5, 11, 17, 23], "dpam_layers": 19, "local_weight": 1.0, "temperature": 0.07,
-        "prompt": {"n_ctx": 12, "deep_length": 4, "deep_depth": 9}}))
+        "image_size": 518, "activation": "quick_gelu", "taps": [5, 11, 17, 23], "dpam_layers": 19,
+        "local_weight": 1.0, "temperature": 0.07, "prompt": {"n_ctx": 12, "deep_length": 4, "deep_depth": 9}}))
     _, used = run_protocol.plan(clip_protocol, adapter=str(adapter))
     assert {d["setting"] for d in run_protocol.setting_differences(
         run_protocol.published_settings(clip_protocol), used)} == {"adapter.taps", "adapter.local_weight"}

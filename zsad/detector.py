@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from PIL import Image
 
-from zsad.backbones import DEFAULT_BACKBONE, ClipBackbone, load_backbone
+from zsad.backbones import DEFAULT_BACKBONE, BackboneSpec, ClipBackbone, load_backbone
 from zsad.decisions import DEFAULT_GOOD_QUANTILE, DEFAULT_THRESHOLD, Thresholds
 from zsad.errors import ImageError, UsageError
 from zsad.methods import method_class
@@ -108,20 +108,37 @@ def create(
     class_name: str | None = None,
     cache_dir: str | None = None,
     warn_random: bool = True,
+    activation: str = "auto",
     references: Iterable[ImageLike] | None = None,
+    runtime: str = "torch",
+    export: str | os.PathLike | None = None,
     **method_options,
 ) -> Detector:
     """Build a detector. ``method_options`` are fields of the method's config dataclass (e.g. ``prompts=``).
 
     ``backbone`` is a name, or an already loaded :class:`ClipBackbone` to share between detectors (the demo keeps
-    one per process); a shared backbone keeps its device and input size (``device``/``image_size`` are ignored).
+    one per process); a shared backbone keeps its device, input size and weights (``device``/``image_size`` are
+    ignored; a method needing another activation gets a view sharing the weights).
     ``threshold`` is the default decision threshold (image scores and map values); see :mod:`zsad.decisions`.
+    ``activation`` is the backbone's MLP activation, ``gelu`` or ``quick_gelu``; ``auto`` (default) is what the
+    method's published code used (:func:`resolve_activation`). ``detector.backbone.activation`` says which ran.
     ``references`` (known-good images: paths or PIL) score every image against them instead
     (:mod:`zsad.methods.reference`; ``method`` then only says whether batches are joint: musc, auto).
+    ``runtime="onnx"`` (or ``"onnx-int8"``) with ``export=DIR`` (made by ``zsad export``) runs the backbone
+    forward on ONNX Runtime from that folder, needing no PyTorch weights (:mod:`zsad.export.runtime`).
     """
     thresholds = Thresholds(threshold)
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
+    if runtime != "torch" or export is not None:
+        from zsad.export.runtime import create_onnx_detector
+
+        if references is not None:
+            raise UsageError("references are not supported with an ONNX runtime yet; score them with runtime='torch'")
+        return create_onnx_detector(method, export, runtime=runtime, backbone=backbone, device=device,
+                                    precision=precision, image_size=image_size, batch_size=batch_size,
+                                    threshold=threshold, class_name=class_name, activation=activation,
+                                    **method_options)
     cls = method_class(method)
     if references is not None:
         from zsad.methods.reference import create_with_references
@@ -153,14 +170,24 @@ def create(
         if backbone.pos_interpolation != cls.pos_interpolation:
             raise UsageError(f"method '{method}' needs position embeddings resized {cls.pos_interpolation}ly, the "
                              f"shared backbone's were resized {backbone.pos_interpolation}ly; load one per mode")
-        bb = backbone
+        bb = backbone.with_activation(cls.activation_for(activation, backbone.spec, backbone.image_size,
+                                                         cache_dir=cache_dir))
     else:
+        act = cls.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
         bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
-                           pos_interpolation=cls.pos_interpolation, warn_random=warn_random)
+                           pos_interpolation=cls.pos_interpolation, activation=act, warn_random=warn_random)
     kwargs = {"config": config} if config is not None else {}
     detector = Detector(cls(bb, dtype=dtype, **kwargs), batch_size=batch_size, thresholds=thresholds)
     detector.setup(class_name)
     return detector
+
+
+def resolve_activation(method: str | type[Method], backbone: str | BackboneSpec, image_size: int,
+                       activation: str = "auto", *, cache_dir: str | None = None) -> str:
+    """The MLP activation a detector of ``method`` runs with (:meth:`Method.activation_for`): ``activation`` when it
+    names one, else (``auto``) what the method's published code used with these weights at this size."""
+    cls = method_class(method) if isinstance(method, str) else method
+    return cls.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
 
 
 def score(paths: Iterable[ImageLike], method: str = "clip", **kwargs) -> list[AnomalyResult]:
@@ -169,4 +196,4 @@ def score(paths: Iterable[ImageLike], method: str = "clip", **kwargs) -> list[An
     return create(method, **kwargs).score(paths, class_name=class_name)
 
 
-__all__ = ["Detector", "create", "score"]
+__all__ = ["Detector", "create", "resolve_activation", "score"]

@@ -4,8 +4,8 @@ Layout of the output folder::
 
     OUT/per_image/<category>.csv     one row per test image (columns below)
     OUT/categories/<category>.json   metrics, seconds, n_images and n_failed of one category (the resume marker)
-    OUT/metrics.json                 {"method", "backbone", "aupro_variant", "categories", "mean", "f1_thresholds",
-                                      "n_failed", "aupimo", "defect_types", "defect_type_naming"}
+    OUT/metrics.json                 {"method", "backbone", "activation", "aupro_variant", "categories", "mean",
+                                      "f1_thresholds", "n_failed", "aupimo", "defect_types", "defect_type_naming"}
     OUT/metrics.md                   Markdown tables: one row per category and a mean row, then AUPIMO, the
                                      per-defect-type breakdown and the defect-type naming scores
 
@@ -83,6 +83,8 @@ class EvaluateConfig:
     method: str = "auto"
     backbone: str = "ViT-L-14-336:openai"
     image_size: int = 518
+    #: the backbone's MLP activation: ``gelu``, ``quick_gelu`` or ``auto`` (:func:`zsad.detector.resolve_activation`)
+    activation: str = "auto"
     categories: tuple[str, ...] | None = None
     format: str = "auto"
     aupro_variant: str = "mvtec"
@@ -102,21 +104,22 @@ class EvaluateConfig:
     reference_seed: int = 0
 
 
-
 def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
     """The settings that make two runs' numbers comparable: the resolved data root and detected format, the method,
-    backbone, input size, AUPRO variant, AUPIMO FPR bounds and method options, the prompt file's contents, the
-    defect-type map's contents, and the adapter's settings (``adapter.json``) and weights — so an edited prompt file
-    or a retrained adapter in the same folder is never mistaken for the old one on ``--resume``."""
+    backbone, resolved MLP activation, input size, AUPRO variant, AUPIMO FPR bounds and method options, the prompt
+    file's contents, the defect-type map's contents, and the adapter's settings (``adapter.json``) and weights — so
+    an edited prompt file or a retrained adapter in the same folder is never mistaken for the old one on
+    ``--resume``."""
     from zsad.metrics.type_map import sha256_of_bundled
 
     found: dict[str, Any] = {name: getattr(config, name) for name in _SIGNATURE_FIELDS}
     found["aupimo_fpr_bounds"] = [float(b) for b in config.aupimo_fpr_bounds]  # a list, as JSON reads it back
     found["method_options"] = {k: str(v) for k, v in sorted(config.method_options.items())}
+    found["activation"] = _activation(config)  # resolved: what ran, not "auto"
     found["type_map_sha256"] = sha256_of_bundled()
     found["data"] = str(Path(dataset.root).resolve())
     found["format"] = dataset.format
@@ -131,6 +134,12 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
         found["adapter_settings"] = read_json(settings, UsageError, "adapter settings") if settings.is_file() else None
         found["adapter_sha256"] = _sha256(Path(adapter) / "weights.safetensors")
     return found
+
+
+def _activation(config: EvaluateConfig) -> str:
+    from zsad.detector import resolve_activation
+
+    return resolve_activation(config.method, config.backbone, config.image_size, config.activation)
 
 
 def _changes(stored: dict[str, Any], current: dict[str, Any]) -> str:
@@ -471,8 +480,9 @@ def metrics_markdown(summary: dict[str, Any]) -> str:
         return "| " + " | ".join([name, *cells]) + " |"
 
     lines = [
-        f"Method `{summary['method']}`, backbone `{summary['backbone']}`, "
-        f"AUPRO variant `{summary['aupro_variant']}` (values in [0, 1]).",
+        f"Method `{summary['method']}`, backbone `{summary['backbone']}`"
+        + (f" (activation `{summary['activation']}`)" if summary.get("activation") else "")
+        + f", AUPRO variant `{summary['aupro_variant']}` (values in [0, 1]).",
         "",
         "| category | " + " | ".join(headers) + " |",
         "|" + "---|" * (len(headers) + 1),
@@ -562,7 +572,7 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
                 detector = zsad.create(config.method, backbone=config.backbone, image_size=config.image_size,
                                        device=config.device, precision=config.precision,
                                        batch_size=config.batch_size, warn_random=False, references=references,
-                                       **config.method_options)
+                                       activation=signature["activation"], **config.method_options)
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
             started = time.perf_counter()
             outcomes = _score_category(detector, category, samples, config.progress and dist.is_main)
@@ -588,6 +598,7 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
     summary = {
         "method": config.method,
         "backbone": config.backbone,
+        "activation": signature["activation"],
         "aupro_variant": config.aupro_variant,
         "categories": {r.category: r.metrics for r in finished},
         "mean": _mean(finished),

@@ -32,22 +32,28 @@ def load_backbone(
     cache_dir: str | None = None,
     offline: bool | None = None,
     pos_interpolation: str = "bicubic",
+    activation: str | None = None,
     warn_random: bool = True,
 ) -> ClipBackbone:
     """Build a frozen backbone in fp32 on ``device``; mixed precision is applied at call time via autocast.
 
-    OpenAI weights are loaded with QuickGELU (the activation they were trained with; open_clip #771).
+    ``activation`` (``gelu`` / ``quick_gelu``) is the MLP activation of every block; None means the one the weights
+    were trained with (:func:`~zsad.backbones.activation.weights_activation`: QuickGELU for OpenAI's, open_clip
+    #771). ``auto`` is a per-method choice, resolved before this call (``Method.activation_for``).
     Random weights log a warning unless ``warn_random=False`` (the CLI prints its own).
     """
     if name.strip().startswith(TIMM_PREFIX):  # vision-only timm models (DINOv2, DINOv3): zsad.backbones.timm
         from zsad.backbones.timm import load_timm_backbone
 
         return load_timm_backbone(name, image_size=image_size, device=device, cache_dir=cache_dir, offline=offline,
-                                  warn_random=warn_random)  # timm models run their own activation (GELU)
+                                  activation=activation, warn_random=warn_random)  # their own activation (GELU)
     import open_clip
 
     from zsad.backbones import weights
+    from zsad.backbones.activation import QUICK_GELU, check_activation, weights_activation
 
+    if activation is not None:
+        check_activation(activation, allow_auto=False)
     spec = parse_backbone_name(name)
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     if spec.kind == "tiny":
@@ -62,12 +68,11 @@ def load_backbone(
     else:
         if spec.arch not in open_clip.list_models():
             raise UsageError(f"unknown backbone architecture '{spec.arch}' (see `zsad models` or open_clip.list_models())")
-        quick_gelu = spec.kind in ("random", "file") and _default_quick_gelu(spec.arch)
+        quick_gelu = weights_activation(spec) == QUICK_GELU  # the weights' own; ``activation`` may replace it
         checkpoint = None
         if spec.kind == "tag":
             cfg = open_clip.get_pretrained_cfg(spec.arch, spec.source)
             checkpoint = weights.resolve_tag_checkpoint(spec.arch, spec.source, cache_dir=cache_dir, offline=offline)
-            quick_gelu = bool(cfg.get("quick_gelu", False))
             mean, std = cfg.get("mean", mean), cfg.get("std", std)
         elif spec.kind == "file":
             checkpoint = weights.check_weights_file(spec.source)
@@ -78,15 +83,8 @@ def load_backbone(
         tokenizer = open_clip.get_tokenizer(spec.arch)
     if spec.random_weights and warn_random:
         log.warning(RANDOM_WEIGHTS_WARNING.format(name=name))
-    backbone = ClipBackbone(model, tokenizer, spec, image_size, mean, std, pos_interpolation)
+    backbone = ClipBackbone(model, tokenizer, spec, image_size, mean, std, pos_interpolation, activation)
     return backbone.to(device)
-
-
-def _default_quick_gelu(arch: str) -> bool:
-    """OpenAI-released architectures use QuickGELU; a random or local-file model of them should too."""
-    import open_clip
-
-    return "openai" in open_clip.list_pretrained_tags_by_model(arch)
 
 
 def _mean_std(preprocess, mean, std):

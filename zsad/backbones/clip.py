@@ -9,6 +9,8 @@ The V-V path follows CLIP Surgery (Li et al., 2023, arXiv 2304.05653) as used by
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from zsad.backbones.activation import model_activation, set_activation
 from zsad.backbones.names import BackboneSpec
 from zsad.errors import UsageError
 
@@ -77,7 +80,8 @@ def vv_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class ClipBackbone(nn.Module):
     """Frozen CLIP with intermediate tokens; images are squash-resized to ``image_size`` (no crop), so masks
-    resized the same way stay aligned with their images."""
+    resized the same way stay aligned with their images. ``activation`` (``gelu`` / ``quick_gelu``) replaces the
+    MLP activation of every block; None keeps the model's own. ``self.activation`` is what the model runs with."""
 
     def __init__(
         self,
@@ -88,6 +92,7 @@ class ClipBackbone(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         pos_interpolation: str = "bicubic",
+        activation: str | None = None,
     ) -> None:
         super().__init__()
         visual = getattr(model, "visual", None)
@@ -98,6 +103,9 @@ class ClipBackbone(nn.Module):
             raise UsageError(f"backbone '{spec.name}' uses attention pooling, which zsad does not support")
         self.spec = spec
         self.pos_interpolation = pos_interpolation
+        if activation is not None:
+            set_activation(model, activation)
+        self.activation = model_activation(model)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.patch_size = int(visual.patch_size[0])
@@ -105,13 +113,26 @@ class ClipBackbone(nn.Module):
             raise UsageError(f"image size {image_size} is not a multiple of the patch size {self.patch_size}")
         self.image_size = image_size
         self.grid_size = image_size // self.patch_size
-        with torch.no_grad():
-            new_pos = interpolate_pos_embed(visual.positional_embedding.data, self.grid_size, pos_interpolation)
-        visual.positional_embedding = nn.Parameter(new_pos, requires_grad=False)
+        if visual.positional_embedding.shape[0] != 1 + self.grid_size ** 2:
+            with torch.no_grad():
+                new_pos = interpolate_pos_embed(visual.positional_embedding.data, self.grid_size, pos_interpolation)
+            visual.positional_embedding = nn.Parameter(new_pos, requires_grad=False)
         visual.image_size = (image_size, image_size)
         visual.grid_size = (self.grid_size, self.grid_size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+
+    def with_activation(self, activation: str) -> ClipBackbone:
+        """This backbone with another MLP activation, sharing every weight (only the parameter-free modules are
+        new), so detectors whose methods need different activations can share one loaded model; ``self`` when
+        the activation already matches."""
+        if activation == self.activation:
+            return self
+        shared = {id(t): t for t in itertools.chain(self.model.parameters(), self.model.buffers())}
+        model = copy.deepcopy(self.model, memo=shared)
+        view = ClipBackbone(model, self.tokenizer, self.spec, self.image_size, self.mean.view(-1).tolist(),
+                            self.std.view(-1).tolist(), self.pos_interpolation, activation)
+        return view.to(self.device)
 
     # -- facts -------------------------------------------------------------------------------------
     @property

@@ -227,3 +227,16 @@ def check_weights_file(path: str) -> str:
     if not p.is_file():
         raise WeightsNotFoundError(f"weights file {p} does not exist (from --backbone ARCH:{path})")
     return str(p)
+
+
+def hf_hub_model_config(repo_id: str, *, cache_dir: str | None = None, offline: bool | None = None) -> dict:
+    """``model_cfg`` of an open_clip model on the Hub (its ``open_clip_config.json`` only: no weights fetched)."""
+    import json
+
+    folder = snapshot_dir(repo_id, what=f"hf-hub:{repo_id}", cache_dir=cache_dir, offline=offline,
+                          allow_patterns=["open_clip_config.json"], required_file="open_clip_config.json")
+    try:
+        config = json.loads((Path(folder) / "open_clip_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"hf-hub:{repo_id}: unreadable open_clip_config.json ({exc})") from None
+    return dict(config.get("model_cfg") or {})

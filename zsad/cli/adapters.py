@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zsad.cli.options import parse_categories, warn_random_weights
+from zsad.cli.options import add_activation_option, parse_categories, warn_random_weights
 from zsad.errors import UsageError
 from zsad.fileio import read_json
 
@@ -45,6 +45,7 @@ def add_train_prompts_parser(sub: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
     p.add_argument("--image-size", type=int, default=518, help="squash-resize size of images and masks (default 518)")
+    add_activation_option(p)
     p.add_argument("--seed", type=int, default=111, help="random seed (default 111)")
     p.add_argument("--taps", default="last",
                    help="tapped vision blocks: last (default; the released checkpoints), paper (6/12/18/24 of 24) "
@@ -110,8 +111,8 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
         config = TrainConfig(
             data=Path(args.data), out=Path(args.out), format=args.format, split=args.split,
             categories=parse_categories(args.categories), backbone=args.backbone, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, image_size=args.image_size, seed=args.seed, taps=args.taps,
-            local_weight=args.local_weight, n_ctx=args.n_ctx, deep_length=args.deep_length,
+            batch_size=args.batch_size, image_size=args.image_size, activation=args.activation, seed=args.seed,
+            taps=args.taps, local_weight=args.local_weight, n_ctx=args.n_ctx, deep_length=args.deep_length,
             deep_depth=args.deep_depth, dpam_layers=args.dpam_layers, device=rank_device(args.device, dist),
             precision=args.precision, workers=args.workers, resume=args.resume, progress=not args.quiet,
             cache_dir=args.cache_dir,
@@ -163,7 +164,8 @@ def cmd_add_metrics(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: not a metrics.json of zsad evaluate (no 'mean' field)")
     config = dict(folder.config)
     config["metrics"] = {**(config.get("metrics") or {}),
-                         args.name: {k: result.get(k) for k in ("mean", "method", "backbone", "aupro_variant")}}
+                         args.name: {k: result.get(k) for k in ("mean", "method", "backbone", "activation",
+                                                                "aupro_variant")}}
     save_adapter(args.folder, folder.kind, config, folder.tensors)
     print(f"zsad: recorded metrics for '{args.name}' in {Path(args.folder) / 'adapter.json'}", file=sys.stderr)
     return 0

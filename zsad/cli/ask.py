@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     detector = zsad.create(args.method, backbone=args.backbone, device=args.device, precision=args.precision,
                            image_size=args.image_size, threshold=args.threshold, class_name=args.class_name,
-                           cache_dir=args.cache_dir, warn_random=False, **options)
+                           cache_dir=args.cache_dir, activation=args.activation, warn_random=False, **options)
     warn_random_weights(detector.backbone, args.backbone, "the answer is meaningless")
     result = detector.score([Source(key=identity(args.image), path=args.image, image=image)])[0]
     responder = _responder(args, lvlm_adapter, _vocabulary(args))

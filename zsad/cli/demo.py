@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     module = load_demo_module()
     config = module.DemoConfig(
         backbone=args.backbone, image_size=args.image_size, device=args.device, precision=args.precision,
+        activation=args.activation,
         batch_size=args.batch_size, cache_dir=args.cache_dir, prompts=args.prompts,
         adapters=tuple([args.adapter] if args.adapter else []), class_name=args.class_name or "",
         threshold=args.threshold, lvlm=args.lvlm, lvlm_adapter=args.lvlm_adapter, max_files=args.max_files,

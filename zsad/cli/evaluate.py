@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from zsad.cli.options import add_device_options, add_msm_option, method_options, parse_categories
+from zsad.cli.options import (
+    add_activation_option,
+    add_device_options,
+    add_msm_option,
+    method_options,
+    parse_categories,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="auto", choices=list_methods(), help="method to evaluate (default auto)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone (default {DEFAULT_BACKBONE})")
     p.add_argument("--image-size", type=int, default=518, help="squash-resize size (default 518)")
+    add_activation_option(p)
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="dataset layout (default auto)")
     p.add_argument("--out", default="zsad-eval", help="output folder (default zsad-eval)")
@@ -93,9 +100,11 @@ def _run_one(args: argparse.Namespace, out: Path, seed: int) -> int:
 
     options = method_options(args, args.method)
     options.pop("progress", None)  # evaluation has its own bars
+    options.pop("activation", None)  # a field of its own (args.activation)
     with process_group(args) as dist:
         config = EvaluateConfig(
             data=Path(args.data), out=out, method=args.method, backbone=args.backbone,
+            activation=args.activation,
             image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
             aupro_variant=args.aupro_variant, aupimo_fpr_bounds=tuple(args.aupimo_fpr_bounds), resume=args.resume,
             overwrite=args.overwrite, device=rank_device(args.device, dist), precision=args.precision,

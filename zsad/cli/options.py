@@ -19,6 +19,7 @@ def add_model_options(p: argparse.ArgumentParser, *, adapter: bool = True) -> No
                    help=f"ARCH:TAG, ARCH:random, ARCH:/path/to/weights, hf-hub:ORG/REPO or tiny-random "
                         f"(default {DEFAULT_BACKBONE})")
     p.add_argument("--class-name", default=None, help='what the images show, e.g. "bottle" (default "object")')
+    add_activation_option(p)
     add_device_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--image-size", type=int, default=518, help="squash-resize size, a multiple of the patch size")
@@ -29,6 +30,15 @@ def add_model_options(p: argparse.ArgumentParser, *, adapter: bool = True) -> No
         p.add_argument("--adapter", default=None,
                        help="a learned-prompt adapter folder (anomalyclip method; see adapters/README.md)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for weights")
+
+
+def add_activation_option(p: argparse.ArgumentParser) -> None:
+    from zsad.backbones.activation import ACTIVATIONS
+
+    p.add_argument("--activation", default="auto", choices=list(ACTIVATIONS),
+                   help="MLP activation of the backbone's blocks. auto (default): what the method's published code "
+                        "used: gelu for musc with OpenAI weights at a size other than the model config's (the "
+                        "official MuSc loader), otherwise the weights' own (quick_gelu for OpenAI's)")
 
 
 def add_device_options(p: argparse.ArgumentParser) -> None:
@@ -44,8 +54,11 @@ def add_msm_option(p: argparse.ArgumentParser) -> None:
 
 
 def method_options(args: argparse.Namespace, method: str) -> dict:
-    """CLI flags that map onto fields of the chosen method's config (only the ones the user set)."""
+    """CLI flags that map onto fields of the chosen method's config (only the ones the user set), plus
+    ``activation`` when set, which ``zsad.create`` takes beside them."""
     options = {}
+    if getattr(args, "activation", "auto") != "auto":
+        options["activation"] = args.activation
     if getattr(args, "prompts", None):
         options["prompts"] = args.prompts
     if getattr(args, "adapter", None):

@@ -5,6 +5,13 @@ Fusion rule: each method's image scores are min-max normalised over the batch, a
 batch's smallest and largest map values); then ``fused = w * musc + (1 - w) * clip`` for scores and maps, with
 ``w = musc_weight`` (default 0.75: MuSc is the stronger published zero-shot method, MVTec AD image AUROC 97.8
 against about 91 for prompt-based CLIP, while CLIP adds image-level semantics). The defect type is CLIP's.
+
+Activation: the one pass runs one MLP activation for both halves, and ``auto`` resolves to the weights' own
+(QuickGELU for OpenAI's, clip's published setting; :meth:`Method.published_activation`), not to MuSc's loader quirk
+(GELU at 518 px): this fusion is zsad's own, with no published pipeline to reproduce, and a second, GELU pass for
+the MuSc half would nearly double the time of small batches (6 images at 518 px on 2 CPU cores: backbone 123 s,
+everything else 19 s) and still add about a fifth at 200 images, where mutual scoring dominates
+(evaluation/RESULTS.md). ``activation="gelu"`` runs both halves with GELU; ``musc`` alone is the published pipeline.
 """
 
 from __future__ import annotations
@@ -132,4 +139,4 @@ class AutoMethod(Method):
             yield RawOutput(image_score=score, anomaly_map=to_original_size(fused_map, [orig])[0], method=self.name,
                             defect_probs=clip.defect_probs[i],
                             extras={"used": "musc+clip", "musc_score": float(musc_norm[g]),
-                                    "clip_score": float(clip_norm[g])})
+                                    "clip_score": float(clip_norm[g]), "activation": self.backbone.activation})

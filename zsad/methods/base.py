@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from zsad.backbones import ClipBackbone
+from zsad.backbones import BackboneSpec, ClipBackbone, parse_backbone_name
+from zsad.backbones.activation import AUTO, check_activation, weights_activation
 from zsad.types import RawOutput
 
 
@@ -51,6 +52,24 @@ class Method(nn.Module):
     pos_interpolation: ClassVar[str] = "bicubic"
     #: Frozen dataclass of the method's options (``create(**options)`` fills it), or None.
     config_class: ClassVar[type | None] = None
+
+    @classmethod
+    def published_activation(cls, spec: BackboneSpec, image_size: int, *, cache_dir: str | None = None) -> str:
+        """The MLP activation ``activation="auto"`` resolves to: what this method's published code ran these
+        weights with. By default the weights' own (QuickGELU for OpenAI's: AnomalyCLIP's loader builds every
+        block with QuickGELU); MuSc overrides it."""
+        return weights_activation(spec, cache_dir=cache_dir)
+
+    @classmethod
+    def activation_for(cls, activation: str, backbone: str | BackboneSpec, image_size: int, *,
+                       cache_dir: str | None = None) -> str:
+        """The activation this method runs ``backbone`` with: ``activation`` when it names one (``gelu`` /
+        ``quick_gelu``), else (``auto``) :meth:`published_activation`. Needs no weights, so a run's records can
+        name it before (or without) loading the model."""
+        if check_activation(activation) != AUTO:
+            return activation
+        spec = parse_backbone_name(backbone) if isinstance(backbone, str) else backbone
+        return cls.published_activation(spec, image_size, cache_dir=cache_dir)
 
     def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype) -> None:
         super().__init__()

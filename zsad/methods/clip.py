@@ -131,7 +131,8 @@ class ClipMethod(Method):
         return RawOutput(
             image_score=self.image_score(global_prob, map_max), anomaly_map=to_original_size(amap, [size])[0],
             method=method or self.name, defect_probs=ev.defect_probs[index],
-            extras={"global_score": global_prob, "map_max": map_max, **(extras or {})},
+            extras={"global_score": global_prob, "map_max": map_max, "activation": self.backbone.activation,
+                    **(extras or {})},
         )
 
     @torch.inference_mode()

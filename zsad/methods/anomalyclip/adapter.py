@@ -1,7 +1,8 @@
 """AnomalyCLIP prompt adapters: what ``adapter.json`` records for kind ``anomalyclip-prompts`` and the checks
 that keep a learner away from a backbone it does not fit.
 
-``adapter.json`` fields (besides ``kind`` and ``format_version``): ``backbone``, ``image_size``, ``taps``
+``adapter.json`` fields (besides ``kind`` and ``format_version``): ``backbone``, ``activation`` (the backbone's MLP
+activation the prompts were trained with; absent in adapters older than zsad issue 17), ``image_size``, ``taps``
 (0-based vision blocks), ``dpam_layers`` (last blocks with the V-V path), ``prompt`` (``n_ctx``,
 ``deep_length``, ``deep_depth``, ``round_deep_fp16``), ``local_weight``, ``temperature``, ``training`` (data
 summary and hyper-parameters), ``source`` and ``metrics`` (filled when evaluated).
@@ -36,10 +37,12 @@ class PromptSettings:
     shape: PromptShape
     local_weight: float
     temperature: float = TEMPERATURE
+    activation: str | None = None  # None: not recorded (older adapters)
 
     def to_config(self) -> dict[str, Any]:
         return {
             "backbone": self.backbone,
+            **({"activation": self.activation} if self.activation else {}),
             "image_size": self.image_size,
             "taps": list(self.taps),
             "dpam_layers": self.dpam_layers,
@@ -62,6 +65,7 @@ class PromptSettings:
                                   round_deep_fp16=bool(prompt.get("round_deep_fp16", True))),
                 local_weight=float(config.get("local_weight", 1.0)),
                 temperature=float(config.get("temperature", TEMPERATURE)),
+                activation=str(config["activation"]) if config.get("activation") else None,
             )
         except KeyError as exc:
             raise AdapterError(f"{where}: adapter.json has no field {exc} (kind {KIND})") from None

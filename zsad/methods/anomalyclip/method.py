@@ -61,6 +61,9 @@ class AnomalyClipMethod(Method):
         if self.settings.image_size != backbone.image_size:
             log.warning("adapter %s was trained at %d px and is used at %d px", self.config.adapter,
                         self.settings.image_size, backbone.image_size)
+        if self.settings.activation and self.settings.activation != backbone.activation:
+            log.warning("adapter %s was trained with activation %s and is used with %s (--activation)",
+                        self.config.adapter, self.settings.activation, backbone.activation)
         self.taps = (list(self.settings.taps) if self.config.taps is None
                      else resolve_taps(backbone, self.config.taps))
         self.learner = adapter.learner
@@ -97,5 +100,6 @@ class AnomalyClipMethod(Method):
             amap = self.maps_at_input_size(patch[i][None])[0]
             yield RawOutput(
                 image_score=float(global_prob[i]), anomaly_map=to_original_size(amap[None], [size])[0],
-                method=self.name, extras={"global_score": float(global_prob[i]), "map_max": float(amap.max())},
+                method=self.name, extras={"global_score": float(global_prob[i]), "map_max": float(amap.max()),
+                                          "activation": self.backbone.activation},
             )

@@ -138,7 +138,8 @@ def import_checkpoint(checkpoint: str | Path, out: str | Path, *, backbone: str 
     shape, tensors, dropped = convert_state_dict(state, str(checkpoint))
     learner = PromptLearner.from_tensors(shape, tensors, str(checkpoint))
     settings = PromptSettings(backbone=backbone, image_size=image_size, taps=RELEASED_TAPS,
-                              dpam_layers=RELEASED_DPAM_LAYERS, shape=shape, local_weight=RELEASED_LOCAL_WEIGHT)
+                              dpam_layers=RELEASED_DPAM_LAYERS, shape=shape, local_weight=RELEASED_LOCAL_WEIGHT,
+                              activation="quick_gelu")  # AnomalyCLIP_lib/AnomalyCLIP.py: QuickGELU in every block
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     source = {"kind": "imported", "format": "zqhang/AnomalyCLIP prompt_learner", "file": checkpoint.name,
               "sha256": digest, "dropped_keys": dropped}

@@ -60,6 +60,7 @@ class TrainConfig:
     split: str = "test"
     categories: tuple[str, ...] | None = None
     backbone: str = DEFAULT_BACKBONE
+    activation: str = "auto"  # the backbone's MLP activation; auto: AnomalyCLIP's (the weights' own, QuickGELU)
     epochs: int = 15
     lr: float = 1e-3
     batch_size: int = 8
@@ -282,6 +283,7 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
     from tqdm.auto import tqdm
 
     from zsad.backbones import load_backbone
+    from zsad.methods.anomalyclip.method import AnomalyClipMethod
     from zsad.runtime import resolve_device, resolve_precision
 
     dist = dist or Dist()
@@ -296,14 +298,18 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     samples, summary = training_samples(config.data, config.format, config.split, config.categories)
+    activation = AnomalyClipMethod.activation_for(config.activation, config.backbone, config.image_size,
+                                                  cache_dir=config.cache_dir)
     backbone = load_backbone(config.backbone, image_size=config.image_size, device=device,
-                             cache_dir=config.cache_dir, pos_interpolation="bilinear", warn_random=False)
+                             cache_dir=config.cache_dir, pos_interpolation=AnomalyClipMethod.pos_interpolation,
+                             activation=activation, warn_random=False)
     taps = resolve_taps(backbone, config.taps)
     dpam_layers = resolve_dpam_layers(backbone, config.dpam_layers)
     shape = resolve_shape(backbone, config.n_ctx, config.deep_length, config.deep_depth)
     local_weight = config.local_weight if config.local_weight is not None else (4.0 if len(taps) == 1 else 1.0)
     settings = PromptSettings(backbone=config.backbone, image_size=config.image_size, taps=tuple(taps),
-                              dpam_layers=dpam_layers, shape=shape, local_weight=local_weight)
+                              dpam_layers=dpam_layers, shape=shape, local_weight=local_weight,
+                              activation=backbone.activation)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
         learner = PromptLearner(shape, text_width(backbone))

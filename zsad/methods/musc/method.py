@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zsad.backbones import ClipBackbone, TokenOutput
+from zsad.backbones import BackboneSpec, ClipBackbone, TokenOutput
+from zsad.backbones.activation import config_activation, config_image_size, openai_weights
 from zsad.errors import BatchTooSmallError, UsageError
 from zsad.methods.base import Method, Share
 from zsad.methods.musc.msm import musc_patch_scores
@@ -79,6 +80,17 @@ class MuscMethod(Method):
     pos_interpolation = "bicubic"
     config_class = MuscConfig
     needs_text = False  # runs on vision-only backbones too (timm DINOv2/v3: the official DINOv2 path)
+
+    @classmethod
+    def published_activation(cls, spec: BackboneSpec, image_size: int, *, cache_dir: str | None = None) -> str:
+        """The official loader's quirk (xrli-U/MuSc ``models/backbone/open_clip/factory.py``, ``create_model``):
+        with ``pretrained='openai'`` at an input size other than the JSON config's, it loads the OpenAI model, then
+        builds ``CLIP(**model_cfg)`` from the config (plain ``nn.GELU`` unless ``-quickgelu``) and loads the OpenAI
+        weights into it; at the config's size it keeps ``load_openai_model``'s QuickGELU. So the published CLIP
+        numbers at 518 px ran GELU on weights trained with QuickGELU; ``auto`` does the same."""
+        if openai_weights(spec) and image_size != config_image_size(spec):
+            return config_activation(spec)
+        return super().published_activation(spec, image_size, cache_dir=cache_dir)
 
     def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: MuscConfig | None = None) -> None:
         super().__init__(backbone, dtype=dtype)
@@ -153,7 +165,7 @@ class MuscMethod(Method):
             up = grid_to_image(patch[i][None], self.backbone.image_size, align_corners=True)
             amap = to_original_size((up - lo) / span, [size])[0]
             yield RawOutput(image_score=float(scores[i]), anomaly_map=amap, method=self.name,
-                            extras={"map_max_raw": float(up.max())})
+                            extras={"map_max_raw": float(up.max()), "activation": self.backbone.activation})
 
     def gathered_patch_scores(self, features: MuscFeatures | None, share: Share) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, L]`` patch scores and ``[N, D]`` embeddings of the whole group, on every rank: MSM rows computed
