@@ -146,7 +146,7 @@ def create(
         return create_with_references(method, list(references), backbone=backbone, device=device,
                                       precision=precision, image_size=image_size, batch_size=batch_size,
                                       threshold=threshold, cache_dir=cache_dir, warn_random=warn_random,
-                                      **method_options)
+                                      activation=activation, **method_options)
     if isinstance(backbone, str) and getattr(cls, "needs_text", True):
         from zsad.backbones import parse_backbone_name
 
