@@ -3,12 +3,15 @@ download the table as CSV, and ask about the selected image.
 
 One :class:`DemoApp` per process owns the model: backbones and detectors are built once, cached, and shared by
 every visitor behind one lock (one model pass at a time, so a GPU never holds two batches and CPU threads are not
-oversubscribed). Images are scored through zsad's runner, like ``zsad score``. Each visitor's results live in their
-own :class:`Session` (a ``gr.State``). Moving the threshold slider decides again from the kept raw outputs
-(``zsad.decisions.redecide``), without re-scoring.
+oversubscribed). Images are scored through zsad's runner, like ``zsad score``. Each visitor's results live in a
+:class:`Session` kept by a bounded :class:`~.sessions.SessionStore` (the page's ``gr.State`` holds only its id),
+with display-size pictures in memory and full-resolution maps on disk (:class:`~.kept.KeptImage`). Moving the
+threshold slider decides again from those maps (``zsad.decisions.decide``), without re-scoring. Every scoring or
+drawing request reserves its memory first (:class:`~.memory.MemoryBudget`): the demo refuses work with a message
+rather than being killed for memory.
 
-This file is data shipped with zsad (``zsad/_data/demo/app.py`` in a wheel), loaded by file path from
-``zsad.cli.demo``; the library below the command line never imports it.
+This folder is data shipped with zsad (``zsad/_data/demo/`` in a wheel), imported by file path as package
+``zsad_demo`` from ``zsad.cli.demo``; the library below the command line never imports it.
 """
 
 import csv
@@ -28,6 +31,10 @@ from typing import Any
 
 from zsad.errors import UsageError, ZsadError
 
+from .kept import KeptImage
+from .memory import GIB, MIB, Costs, MemoryBudget, default_limit, resident_bytes, trim_heap
+from .sessions import SessionExpired, SessionStore
+
 log = logging.getLogger("zsad.demo")
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +49,8 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                                *(f"LPT{i}" for i in range(1, 10))})
 _MAX_QUESTION_CHARS = 500
-_OVERLAY_MAX_SIDE = 1024  # overlays are shown in a browser: no need to send a 20-megapixel PNG
+#: resident growth beyond the idle server that the memory budget sets aside for gradio, uvicorn and Python
+SERVER_ALLOWANCE = 256 * MIB
 
 
 @dataclass(frozen=True)
@@ -64,41 +72,67 @@ class DemoConfig:
     lvlm_adapter: str | None = None
     max_files: int = 32  # images per run
     max_file_mb: int = 20  # per uploaded file; gradio enforces it at upload, we check again
-    max_pixels: int = 4096 * 4096  # per decoded image: a decompression-bomb guard, and sessions keep full-size maps
+    max_pixels: int = 4096 * 4096  # per decoded image: a decompression-bomb guard (full-size maps go to disk)
     concurrency: int = 4  # scoring events run at once (model passes are serialised by the model lock)
     queue_size: int = 64
     max_detectors: int = 8  # (method, class, adapter) detectors kept; they share the backbone
-    session_ttl_s: int = 3600
+    max_sessions: int = 64  # live visitor sessions; the least recently used is evicted beyond it
+    session_ttl_s: int = 900  # an idle session expires after this long (its folder is removed)
+    max_memory_gb: float | None = None  # the demo's memory budget; None: 75 % of the machine's (or container's)
+    display_side: int = 512  # pictures and maps kept in memory and drawn at most this many pixels a side
+    memory_wait_s: float = 30.0  # how long a request waits for memory before it is refused
+    health_every: int = 50  # log a health line every this many scoring requests
 
 
 @dataclass
 class Item:
-    """One image of a run: its safe display name, where its pixels are, and its result or error."""
+    """One image of a run: its safe display name, and what the session keeps of its result, or its error."""
 
     name: str
-    source: Path | None
-    result: Any = None  # zsad.types.AnomalyResult, scored at the default threshold
+    kept: KeptImage | None = None
     error: str | None = None
 
 
 @dataclass
 class Session:
-    """One visitor's last run; a ``gr.State`` value."""
+    """One visitor's last run, kept by the :class:`~.sessions.SessionStore`; the page's state holds its id."""
 
     items: list[Item]
     class_name: str
     method: str
-    folder: Path  # this session's files (overlays, CSV); removed when the session ends
+    folder: Path  # this session's files (raw maps, overlays, CSV); removed when the session ends
     threshold: float
     seconds: float = 0.0
     selected: int = 0
     chats: dict[int, Any] = field(default_factory=dict)  # image index -> zsad.dialogue.Conversation
     messages: dict[int, list[dict[str, str]]] = field(default_factory=dict)
     render_count: int = 0
-    dropped: bool = False  # its folder was removed (a newer scoring run replaced it)
+    closed: bool = False  # evicted, expired or replaced: its folder is gone
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held while a request uses it
 
     def scored(self) -> list[Item]:
-        return [item for item in self.items if item.result is not None]
+        return [item for item in self.items if item.kept is not None]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: the kept pictures and maps, and the pictures an LVLM conversation holds."""
+        kept = sum(item.kept.nbytes for item in self.items if item.kept is not None)
+        chats = sum(_picture_bytes(c.image) + _picture_bytes(c.overlay) for c in list(self.chats.values()))
+        return kept + chats + 1024 * len(self.items)
+
+    def busy(self) -> bool:
+        return self.lock.locked()
+
+    def close(self) -> None:
+        """Forget the results and remove the folder (waits for a request using it to finish)."""
+        with self.lock:
+            self.closed = True
+            self.chats.clear()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _picture_bytes(picture: Any) -> int:
+    return 0 if picture is None else picture.width * picture.height * len(picture.getbands())
 
 
 @dataclass(frozen=True)
@@ -169,17 +203,28 @@ class DemoApp:
     def __init__(self, config: DemoConfig) -> None:
         if not 0.0 <= config.threshold <= 1.0:
             raise UsageError(f"threshold must be in [0, 1], got {config.threshold}")
-        for name in ("max_files", "max_file_mb", "max_pixels", "concurrency", "max_detectors", "batch_size"):
+        for name in ("max_files", "max_file_mb", "max_pixels", "concurrency", "max_detectors", "batch_size",
+                     "max_sessions", "session_ttl_s", "display_side", "health_every"):
             if getattr(config, name) < 1:
                 raise UsageError(f"demo option {name} must be at least 1, got {getattr(config, name)}")
+        if config.max_memory_gb is not None and not config.max_memory_gb > 0:
+            raise UsageError(f"max_memory_gb must be positive, got {config.max_memory_gb}")
+        if config.memory_wait_s < 0:
+            raise UsageError(f"memory_wait_s must be >= 0, got {config.memory_wait_s}")
         self.config = config
         self._model_lock = threading.RLock()
         self._backbones: dict[str, Any] = {}  # pos_interpolation -> ClipBackbone
         self._detectors: OrderedDict[tuple[str, str, str | None], Any] = OrderedDict()
         self._responder = None
         self._responder_lock = threading.Lock()
-        self._files_lock = threading.Lock()  # a session's folder is never removed while a render writes into it
         self.root = Path(tempfile.mkdtemp(prefix="zsad-demo-"))
+        self.sessions = SessionStore(config.max_sessions, config.session_ttl_s)
+        limit = int(config.max_memory_gb * GIB) if config.max_memory_gb is not None else default_limit()
+        self.budget = MemoryBudget(limit, baseline=resident_bytes() + SERVER_ALLOWANCE,
+                                   kept=self.sessions.kept_bytes, make_room=self.sessions.make_room,
+                                   wait_s=config.memory_wait_s)
+        self._requests = 0
+        self._requests_lock = threading.Lock()
         self.adapters = self._find_adapters(config.adapters)
         self.samples = {p.name: p for p in sorted((HERE / "samples").glob("*.png"))}
         self.random_weights: bool | None = None
@@ -270,6 +315,18 @@ class DemoApp:
 
             self._responder = LvlmResponder.load(self.config.lvlm, adapter=self.config.lvlm_adapter,
                                                  device=self.config.device, precision=self.config.precision)
+        trim_heap()
+        self.budget.baseline = resident_bytes() + SERVER_ALLOWANCE  # the idle server, model loaded
+        if self.budget.baseline >= self.budget.limit:
+            log.warning("demo: the memory budget (%.1f GB) is below the loaded model's footprint (%.1f GB): every "
+                        "scoring request will be refused; raise --max-memory-gb", self.budget.limit / GIB,
+                        self.budget.baseline / GIB)
+
+    def costs(self) -> Costs:
+        """Memory estimates for the loaded backbone (its token grid and width)."""
+        backbone = next(iter(self._backbones.values()), None)
+        grid, width = getattr(backbone, "grid_size", 0), getattr(backbone, "width", 0)
+        return Costs(tokens_per_image=grid * grid + 1 if grid else 0, width=int(width or 0))
 
     # -- scoring -----------------------------------------------------------------------------------------------
     def _inputs(self, files: Sequence[str] | None, samples: Sequence[str] | None) -> list[tuple[str, Path]]:
@@ -287,26 +344,51 @@ class DemoApp:
         names = unique_names([p.name for p in uploads] + picked)
         return list(zip(names, uploads + [self.samples[s] for s in picked]))
 
-    def _load(self, path: Path):
+    def _probe(self, path: Path) -> tuple[int, str | None]:
+        """Pixels of the image from its header (nothing decoded), or 0 and why it cannot be scored."""
+        import warnings
+
+        from PIL import Image
+
         from zsad.data.images import load_image
         from zsad.errors import ImageError
 
         try:
             size = path.stat().st_size
         except OSError:
-            return None, "the uploaded file is gone"
+            return 0, "the uploaded file is gone"
         if size > self.config.max_file_mb * 1024 * 1024:
-            return None, f"file is {size / 2**20:.1f} MB, over the limit of {self.config.max_file_mb} MB"
+            return 0, f"file is {size / 2**20:.1f} MB, over the limit of {self.config.max_file_mb} MB"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    width, height = image.size
+            if 0 < width * height <= self.config.max_pixels:
+                return width * height, None
+        except Exception:  # zsad's loader below says why, in one line
+            pass
+        try:  # unreadable or too large: zsad's loader gives the reason (it stops at the header)
+            image = load_image(path, max_pixels=self.config.max_pixels)
+        except ImageError as exc:
+            return 0, exc.problem  # the problem alone: the temporary upload path means nothing to a visitor
+        return image.width * image.height, None
+
+    def _decode(self, path: Path):
+        from zsad.data.images import load_image
+        from zsad.errors import ImageError
+
         try:
             return load_image(path, max_pixels=self.config.max_pixels), None
         except ImageError as exc:
-            return None, exc.problem  # the problem alone: the temporary upload path means nothing to a visitor
+            return None, exc.problem
 
     def analyse(self, files: Sequence[str] | None, samples: Sequence[str] | None, class_name: str | None,
                 method: str, adapter: str | None, threshold: float,
                 progress: Callable[..., Any] = _no_progress) -> Session:
         """Score the uploads and picked samples; unreadable files become rows with an error. Raises a
-        :class:`~zsad.errors.ZsadError` (shown as a message) when nothing can be scored."""
+        :class:`~zsad.errors.ZsadError` (shown as a message) when nothing can be scored, or when the memory
+        budget has no room for these images (after waiting up to ``memory_wait_s``)."""
         from zsad.methods import method_class
 
         started = time.perf_counter()
@@ -317,25 +399,52 @@ class DemoApp:
             raise UsageError("method 'anomalyclip' needs learned prompts (an adapter); "
                              + ("pick one in 'Adapter'" if self.adapters else
                                 "this demo was started without one (zsad demo --adapter DIR)"))
+        items, pixels = [], []
+        for name, path in inputs:
+            count, problem = self._probe(path)
+            items.append(Item(name=name, error=problem))
+            pixels.append(count)
+        self._check_readable(items, method, min_batch)
+        need = self.costs().scoring([p for p in pixels if p])
+        with self.budget.reserve(need, on_wait=lambda: progress(0.0, desc="waiting for memory")):
+            folder = Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
+            try:
+                self._score(items, inputs, class_name, method, adapter, threshold, folder, min_batch, progress)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        return Session(items=items, class_name=(class_name or "").strip() or "object", method=method, folder=folder,
+                       threshold=threshold, seconds=time.perf_counter() - started)
+
+    @staticmethod
+    def _check_readable(items: Sequence[Item], method: str, min_batch: int) -> None:
+        readable = [item for item in items if item.error is None]
+        if not readable:
+            raise UsageError("no image could be read: " + "; ".join(f"{it.name}: {it.error}" for it in items))
+        if len(readable) < min_batch:
+            raise UsageError(f"method '{method}' scores images against each other and needs at least {min_batch} "
+                             f"readable images of one category, got {len(readable)}: add images or use 'clip'")
+
+    def _score(self, items: list[Item], inputs: Sequence[tuple[str, Path]], class_name: str | None, method: str,
+               adapter: str | None, threshold: float, folder: Path, min_batch: int,
+               progress: Callable[..., Any]) -> None:
+        """Decode, score through the runner, and keep each result (display size in memory, raw map on disk)."""
         from zsad.decisions import Thresholds
         from zsad.runner import Source
 
-        items, sources = [], []
-        for i, (name, path) in enumerate(inputs):
+        images, sources = {}, []
+        for i, (item, (_name, path)) in enumerate(zip(items, inputs)):
             progress((i, len(inputs)), desc="reading images")
-            image, problem = self._load(path)
-            items.append(Item(name=name, source=path if image is not None else None, error=problem))
+            if item.error is not None:
+                continue
+            image, item.error = self._decode(path)
             if image is not None:  # decoded once here; the runner takes the pixels as they are
-                sources.append((items[-1], Source(key=f"item:{i}", path=name, image=image)))
-        if not sources:
-            raise UsageError("no image could be read: " + "; ".join(f"{it.name}: {it.error}" for it in items))
-        if len(sources) < min_batch:
-            raise UsageError(f"method '{method}' scores images against each other and needs at least {min_batch} "
-                             f"readable images of one category, got {len(sources)}: add images or use 'clip'")
+                images[f"item:{i}"] = image
+                sources.append(Source(key=f"item:{i}", path=item.name, image=image))
+        self._check_readable(items, method, min_batch)
         progress(0.0, desc="loading the model")
         detector = self.detector(method, class_name, adapter)
         runner = detector.runner(thresholds=Thresholds(float(threshold)), max_pixels=self.config.max_pixels)
-        by_key = {source.key: item for item, source in sources}
         done = 0
 
         def advanced(n: int) -> None:
@@ -343,19 +452,19 @@ class DemoApp:
             done += n
             progress((done, len(sources)), desc="scoring")
 
-        outcomes = runner.run([source for _, source in sources], progress=advanced)
+        outcomes = runner.run(sources, progress=advanced)
         while True:  # one model pass at a time across visitors: the lock is held per step of the run
             with self._model_lock:
                 outcome = next(outcomes, None)
             if outcome is None:
                 break
-            item = by_key[outcome.source.key]
-            item.result, item.error = outcome.result, outcome.error
+            index = int(outcome.source.key.split(":")[1])
+            image = images.pop(outcome.source.key)
             if outcome.error is not None:
-                item.source = None
-        folder = Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
-        return Session(items=items, class_name=(class_name or "").strip() or "object", method=method, folder=folder,
-                       threshold=threshold, seconds=time.perf_counter() - started)
+                items[index].error = outcome.error
+                continue
+            items[index].kept = KeptImage.keep(outcome.result, image, folder / f"map-{index}.npy",
+                                               self.config.display_side)
 
     @staticmethod
     def _check_threshold(threshold: float) -> None:
@@ -365,17 +474,20 @@ class DemoApp:
     # -- showing -----------------------------------------------------------------------------------------------
     def render(self, session: Session, threshold: float, progress: Callable[..., Any] = _no_progress) -> View:
         """Overlays, table and CSV of ``session`` decided at ``threshold`` (from the kept maps: no re-scoring)."""
-        with self._files_lock:
-            if session.dropped:
-                raise UsageError("these results were replaced by a newer scoring run; move the slider again")
-            return self._render(session, threshold, progress)
+        self._check_threshold(threshold)
+        need = self.costs().render([item.kept.pixels for item in session.scored()])
+        with session.lock:
+            if session.closed:
+                raise SessionExpired()
+            with self.budget.reserve(need):
+                view = self._render(session, threshold, progress)
+        trim_heap()
+        return view
 
     def _render(self, session: Session, threshold: float, progress: Callable[..., Any]) -> View:
-        from zsad.data.images import load_image
-        from zsad.decisions import Thresholds, redecide
+        from zsad.decisions import Thresholds, decide
         from zsad.visualize import overlay
 
-        self._check_threshold(threshold)
         if threshold != session.threshold:
             session.chats.clear()  # the evidence changed: conversations restart (their messages stay visible)
         session.threshold = float(threshold)
@@ -388,14 +500,13 @@ class DemoApp:
         gallery, rows = [], []
         scored = session.scored()
         for i, item in enumerate(session.items):
-            if item.result is None:
+            if item.kept is None:
                 rows.append([item.name, None, None, "", "", None, None, item.error])
                 continue
             progress((i, len(session.items)), desc="drawing heat maps")
-            result = redecide(item.result, Thresholds(float(threshold)))
-            picture = overlay(load_image(item.source, max_pixels=self.config.max_pixels), result.anomaly_map,
-                              result.pred_mask)
-            picture.thumbnail((_OVERLAY_MAX_SIDE, _OVERLAY_MAX_SIDE))
+            kept = item.kept
+            result = decide(kept.raw(), Thresholds(float(threshold)))  # full resolution, read back from disk
+            picture = overlay(kept.picture_image(), kept.heat_map(), kept.display_mask(result.pred_mask))
             path = out / _png_name(item.name)
             picture.save(path)
             verdict = "ANOMALOUS" if result.pred_label else "normal"
@@ -405,6 +516,7 @@ class DemoApp:
             cells = ", ".join(dict.fromkeys(r.cell for r in result.regions))
             rows.append([item.name, round(result.image_score, 4), int(result.pred_label), result.defect_type or "",
                          cells, width, height, ""])
+            del result  # one full-resolution decision in memory at a time
         csv_path = out / "zsad-results.csv"
         with open(csv_path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -425,7 +537,7 @@ class DemoApp:
         """Make gallery image ``index`` (counted over scored images) the one the chat is about."""
         if session is None:
             return []
-        scored = [i for i, item in enumerate(session.items) if item.result is not None]
+        scored = [i for i, item in enumerate(session.items) if item.kept is not None]
         if 0 <= index < len(scored):
             session.selected = scored[index]
         return session.messages.get(session.selected, [])
@@ -436,35 +548,31 @@ class DemoApp:
         if session is None or not session.scored():
             return "Ask about the selected image"
         index = session.selected
-        if not 0 <= index < len(session.items) or session.items[index].result is None:
-            index = next(i for i, item in enumerate(session.items) if item.result is not None)
+        if not 0 <= index < len(session.items) or session.items[index].kept is None:
+            index = next(i for i, item in enumerate(session.items) if item.kept is not None)
         return f"Ask about {session.items[index].name} (click another image to switch)"
 
     def ask(self, session: Session | None, question: str) -> list[dict[str, str]]:
         """Answer ``question`` about the selected image with the dialogue module (grounded in its result, or the
         LVLM when ``--lvlm`` was given); returns the chat of that image."""
-        from zsad.data.images import load_image
-        from zsad.decisions import Thresholds, redecide
-
         if session is None or not session.scored():
             raise UsageError("score an image first, then ask about it")
-        if not 0 <= session.selected < len(session.items) or session.items[session.selected].result is None:
-            session.selected = next(i for i, item in enumerate(session.items) if item.result is not None)
-        index = session.selected
-        messages = session.messages.setdefault(index, [])
-        question = " ".join((question or "").split())[:_MAX_QUESTION_CHARS]
-        if not question:
-            return messages
-        item = session.items[index]
-        conversation = session.chats.get(index)
-        if conversation is None:
-            from zsad.dialogue import Conversation
-
-            result = redecide(item.result, Thresholds(session.threshold))
-            image = load_image(item.source, max_pixels=self.config.max_pixels)
-            conversation = Conversation.from_result(result, image=image, class_name=session.class_name,
-                                                    responder=self._responder)
-            session.chats[index] = conversation
+        with session.lock:
+            if session.closed:
+                raise SessionExpired()
+            if not 0 <= session.selected < len(session.items) or session.items[session.selected].kept is None:
+                session.selected = next(i for i, item in enumerate(session.items) if item.kept is not None)
+            index = session.selected
+            messages = session.messages.setdefault(index, [])
+            question = " ".join((question or "").split())[:_MAX_QUESTION_CHARS]
+            if not question:
+                return messages
+            conversation = session.chats.get(index)
+            if conversation is None:
+                kept = session.items[index].kept
+                with self.budget.reserve(self.costs().render([kept.pixels])):
+                    conversation = self._conversation(kept, session)
+                session.chats[index] = conversation
         if self._responder is not None:
             with self._responder_lock:  # one LVLM generation at a time
                 answer = conversation.ask(question)
@@ -473,14 +581,59 @@ class DemoApp:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": str(answer)}]
         return messages
 
+    def _conversation(self, kept: KeptImage, session: Session):
+        """A conversation grounded in the full-resolution decision; an LVLM sees the display-size pictures."""
+        from zsad.decisions import Thresholds, decide
+        from zsad.dialogue import Conversation
+        from zsad.visualize import overlay
+
+        result = decide(kept.raw(), Thresholds(session.threshold))
+        conversation = Conversation.from_result(result, class_name=session.class_name, responder=self._responder)
+        if self._responder is not None:
+            conversation.image = kept.picture_image()
+            conversation.overlay = overlay(conversation.image, kept.heat_map(), kept.display_mask(result.pred_mask))
+        return conversation
+
+    # -- health ------------------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Live sessions, memory and queue, for ``/health``, the page's footer and the log."""
+        usage, stats = self.budget.usage(), self.sessions.stats()
+        queue = getattr(self.blocks, "_queue", None)  # gradio's event queue (not public API: read defensively)
+        try:
+            queued = len(queue) if queue is not None else 0
+        except TypeError:
+            queued = 0
+        return {"sessions": stats.live, "max_sessions": self.sessions.max_sessions,
+                "kept_mb": round(stats.kept_bytes / MIB, 1), "resident_mb": round(usage.resident / MIB, 1),
+                "baseline_mb": round(usage.baseline / MIB, 1), "reserved_mb": round(usage.reserved / MIB, 1),
+                "limit_mb": round(usage.limit / MIB, 1), "running": usage.running, "waiting": usage.waiting,
+                "queued": queued, "requests": self._requests, "refused": usage.refused, "evicted": stats.evicted,
+                "expired": stats.expired}
+
+    def health_line(self) -> str:
+        h = self.health()
+        return (f"server: {h['sessions']} of {h['max_sessions']} sessions ({h['kept_mb']:.0f} MB kept) · memory "
+                f"{h['resident_mb'] / 1024:.2f} of {h['limit_mb'] / 1024:.1f} GB · {h['running']} running, "
+                f"{h['waiting']} waiting for memory, {h['queued']} queued · {h['requests']} requests, "
+                f"{h['refused']} refused")
+
+    def _count_request(self) -> None:
+        with self._requests_lock:
+            self._requests += 1
+            count = self._requests
+        if count % self.config.health_every == 0:
+            log.info("demo: %s", self.health_line())
+
     # -- page --------------------------------------------------------------------------------------------------
     def build(self):
         """The gradio page. Handlers turn :class:`ZsadError` into a message on the page (never a traceback)."""
         import gradio as gr
 
         c = self.config
-        with gr.Blocks(title="zsad demo", delete_cache=(3600, 2 * c.session_ttl_s)) as blocks:
-            state = gr.State(None, time_to_live=c.session_ttl_s, delete_callback=self._drop_session)
+        # gradio copies every shown file into its cache: delete the copies once a session could have expired
+        with gr.Blocks(title="zsad demo", delete_cache=(max(60, c.session_ttl_s // 4), c.session_ttl_s)) as blocks:
+            # the page holds the session's id only; the session lives in the bounded store
+            state = gr.State(None, time_to_live=c.session_ttl_s, delete_callback=self.sessions.drop)
             gr.Markdown("# zsad: zero-shot anomaly detection\nUpload images of one product (or pick the samples), "
                         "say what they show, and score. Click an image, then ask about it.")
             if self.random_weights:
@@ -517,54 +670,63 @@ class DemoApp:
                         question = gr.Textbox(placeholder="e.g. where is the defect?", show_label=False, scale=4,
                                               max_lines=1, elem_id="zsad-question")
                         ask = gr.Button("Ask", scale=1, elem_id="zsad-ask")
+            footer = gr.Markdown(elem_id="zsad-health")
 
             # gradio finds the progress tracker by this default value (its documented idiom)
             def on_score(previous, files, samples, class_name, method, adapter, threshold,
                          progress=gr.Progress()):  # noqa: B008
-                session = self.analyse(files, samples, class_name, method, adapter, threshold, progress)
-                self._drop_session(previous)  # its files and maps are replaced
-                view = self.render(session, threshold, progress)
-                return (session, view.gallery, view.rows, view.csv_path, view.status,
-                        gr.Chatbot(value=[], label=self.chat_label(session)))
+                try:
+                    session = self.analyse(files, samples, class_name, method, adapter, threshold, progress)
+                    sid = self.sessions.add(session)
+                    self.sessions.drop(previous)  # its files and maps are replaced
+                    view = self.render(session, threshold, progress)
+                    return (sid, view.gallery, view.rows, view.csv_path, view.status,
+                            gr.update(value=[], label=self.chat_label(session)), self.health_line())
+                finally:
+                    self._count_request()
+                    trim_heap()
 
-            def on_threshold(session, threshold):
-                if session is None:
+            def on_threshold(sid, threshold):
+                if sid is None:
                     return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                view = self.render(session, threshold)
+                view = self.render(self.sessions.get(sid), threshold)
                 return view.gallery, view.rows, view.csv_path, view.status
 
-            def on_select(session, evt: gr.SelectData):
+            def on_select(sid, evt: gr.SelectData):
+                session = self.sessions.get(sid) if sid is not None else None
                 messages = self.select(session, evt.index)
-                return gr.Chatbot(value=messages, label=self.chat_label(session))
+                return gr.update(value=messages, label=self.chat_label(session))
 
-            def on_ask(session, question):
+            def on_ask(sid, question):
+                session = self.sessions.get(sid) if sid is not None else None
                 return self.ask(session, question), ""
 
             run.click(_on_page(on_score), [state, files, samples, class_name, method, adapter, threshold],
-                      [state, gallery, table, download, status, chat], api_name="score",
+                      [state, gallery, table, download, status, chat, footer], api_name="score",
                       concurrency_limit=c.concurrency)
             threshold.change(_on_page(on_threshold), [state, threshold], [gallery, table, download, status],
                              api_name="rethreshold", concurrency_limit=c.concurrency, trigger_mode="always_last")
             gallery.select(_on_page(on_select), [state], [chat], api_name=False)
             for trigger in (ask.click, question.submit):
                 trigger(_on_page(on_ask), [state, question], [chat, question], api_name=False)
+            blocks.load(self.health_line, None, footer, api_name=False)
         blocks.queue(default_concurrency_limit=c.concurrency, max_size=c.queue_size)
         self.blocks = blocks
         return blocks
 
-    def _drop_session(self, session: Session | None) -> None:
-        if isinstance(session, Session):
-            with self._files_lock:
-                session.dropped = True
-                shutil.rmtree(session.folder, ignore_errors=True)
-
     def launch(self, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, quiet: bool = False):
-        """Serve the page; with ``block=False`` return at once (tests), then call :meth:`close`."""
+        """Serve the page (and ``GET /health``); with ``block=False`` return at once (tests), then :meth:`close`."""
+        from fastapi.routing import APIRoute
+
         blocks = self.blocks or self.build()
+        c = self.config
         try:
-            blocks.launch(server_name=host, server_port=port, max_file_size=f"{self.config.max_file_mb}mb",
+            blocks.launch(server_name=host, server_port=port, max_file_size=f"{c.max_file_mb}mb",
                           allowed_paths=[str(self.root)], show_error=False, prevent_thread_lock=not block,
-                          quiet=quiet, footer_links=[], ssr_mode=False)
+                          quiet=quiet, footer_links=[], ssr_mode=False,
+                          # gradio keeps a copy of the page's state per browser session: bound it too
+                          state_session_capacity=max(256, 4 * c.max_sessions),
+                          app_kwargs={"routes": [APIRoute("/health", self.health, methods=["GET"])]})
         except OSError as exc:
             raise UsageError(f"cannot serve on {host}:{port}: {exc}") from None
         return blocks
@@ -572,6 +734,7 @@ class DemoApp:
     def close(self) -> None:
         if self.blocks is not None:
             self.blocks.close(verbose=False)
+        self.sessions.close_all()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -91,7 +91,7 @@ def demo_safe(name: str) -> bool:
 
 def test_rethreshold_does_not_rescore(app, defect_png, monkeypatch):
     session = app.analyse([str(defect_png)], [], "", "clip", None, 0.5)
-    score = session.items[0].result.image_score
+    score = session.items[0].kept.image_score
 
     def boom(*_args, **_kwargs):
         raise AssertionError("re-thresholding must not score again")
@@ -270,8 +270,11 @@ def test_start_up_adapters_are_checked_at_warm_up(demo, tmp_path):
 
 def test_a_replaced_session_is_not_rendered(app, defect_png):
     session = app.analyse([str(defect_png)], [], "fabric", "clip", None, 0.5)
+    sid = app.sessions.add(session)
     app.render(session, 0.5)
-    app._drop_session(session)  # what a newer scoring run does to the visitor's previous session
+    app.sessions.drop(sid)  # what a newer scoring run does to the visitor's previous session
     assert not session.folder.exists()
-    with pytest.raises(UsageError, match="replaced by a newer scoring run"):
+    with pytest.raises(UsageError, match="your session expired, score again"):
         app.render(session, 0.4)
+    with pytest.raises(UsageError, match="your session expired, score again"):
+        app.sessions.get(sid)

@@ -48,7 +48,7 @@ def test_concurrent_scoring_requests(served, tmp_path):
         outputs = list(pool.map(request, range(N_REQUESTS)))
 
     scores: dict[int, set] = {}
-    for i, (gallery, table, csv_path, status, _chat) in enumerate(outputs):
+    for i, (gallery, table, csv_path, status, _chat, _health) in enumerate(outputs):
         (row,) = table["data"]
         assert row[0] == f"part_{i % len(images)}.png" and row[-1] == "" and 0.0 <= row[1] <= 1.0
         assert len(gallery) == 1 and csv_path.endswith(".csv") and "1** image(s) scored" in status

@@ -1,18 +1,24 @@
-"""``zsad demo``: serve the gradio web demo (``demo/app.py``, shipped as ``zsad/_data/demo/app.py``)."""
+"""``zsad demo``: serve the gradio web demo (``demo/``, shipped as ``zsad/_data/demo/``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.machinery
 import importlib.util
+import logging
 import sys
 from types import ModuleType
 
 from zsad.cli.options import add_model_options, warn_random_weights
 from zsad.errors import UsageError
 
+DEMO_PACKAGE = "zsad_demo"  # the bundled demo/ folder, imported by path
 
-def load_demo_module() -> ModuleType:
-    """Import the bundled ``demo/app.py`` by file path (``demo`` is data, not a package: the name is taken on PyPI)."""
+
+def load_demo_module(name: str = "app") -> ModuleType:
+    """Import a module of the bundled ``demo/`` folder by file path (``demo`` is data, not a package: the name is
+    taken on PyPI). The folder is imported as package ``zsad_demo``, so its modules import each other relatively."""
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -20,21 +26,14 @@ def load_demo_module() -> ModuleType:
     from zsad.resources import data_dir
 
     try:
-        path = data_dir("demo", "app.py") / "app.py"
+        folder = data_dir("demo", "app.py")
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    name = "zsad_demo_app"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    if DEMO_PACKAGE not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(DEMO_PACKAGE, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        sys.modules[DEMO_PACKAGE] = importlib.util.module_from_spec(spec)
+    return importlib.import_module(f"{DEMO_PACKAGE}.{name}")
 
 
 def add_parser(sub) -> None:
@@ -48,6 +47,13 @@ def add_parser(sub) -> None:
     p.add_argument("--lvlm-adapter", default=None, metavar="DIR", help="a LoRA adapter folder for --lvlm")
     p.add_argument("--max-files", type=int, default=32, help="images per run (default 32)")
     p.add_argument("--max-file-mb", type=int, default=20, help="size limit of one uploaded file in MB (default 20)")
+    p.add_argument("--max-sessions", type=int, default=64,
+                   help="visitor sessions kept at once; the least recently used is evicted beyond it (default 64)")
+    p.add_argument("--session-ttl", type=int, default=900, metavar="SECONDS",
+                   help="an idle session expires after this long, its files removed (default 900)")
+    p.add_argument("--max-memory-gb", type=float, default=None, metavar="GB",
+                   help="memory budget of the whole demo: requests beyond it wait, then are refused with a message "
+                        "(default: 75%% of the machine's memory or the container's limit)")
     p.set_defaults(func=run)
 
 
@@ -63,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, cache_dir=args.cache_dir, prompts=args.prompts,
         adapters=tuple([args.adapter] if args.adapter else []), class_name=args.class_name or "",
         threshold=args.threshold, lvlm=args.lvlm, lvlm_adapter=args.lvlm_adapter, max_files=args.max_files,
-        max_file_mb=args.max_file_mb,
+        max_file_mb=args.max_file_mb, max_sessions=args.max_sessions, session_ttl_s=args.session_ttl,
+        max_memory_gb=args.max_memory_gb,
     )
+    # a server process: fewer malloc arenas keep freed maps from staying resident across worker threads
+    load_demo_module("memory").limit_malloc_arenas()
+    logging.getLogger("zsad.demo").setLevel(logging.INFO)  # its health line every N requests
     app = module.DemoApp(config)
     try:
         app.warm_up()
