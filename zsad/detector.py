@@ -131,22 +131,24 @@ def create(
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     if runtime != "torch" or export is not None:
-        from zsad.export.runtime import create_onnx_detector
+        from zsad.export.runtime import create_onnx_method
 
         if references is not None:
             raise UsageError("references are not supported with an ONNX runtime yet; score them with runtime='torch'")
-        return create_onnx_detector(method, export, runtime=runtime, backbone=backbone, device=device,
-                                    precision=precision, image_size=image_size, batch_size=batch_size,
-                                    threshold=threshold, class_name=class_name, activation=activation,
-                                    **method_options)
+        onnx_method, only_class = create_onnx_method(method, export, runtime=runtime, backbone=backbone,
+                                                     device=device, precision=precision, image_size=image_size,
+                                                     activation=activation, **method_options)
+        detector = Detector(onnx_method, batch_size=batch_size, thresholds=thresholds)
+        detector.setup(class_name if class_name is not None else only_class)
+        return detector
     cls = method_class(method)
     if references is not None:
-        from zsad.methods.reference import create_with_references
+        from zsad.methods.reference import reference_method
 
-        return create_with_references(method, list(references), backbone=backbone, device=device,
-                                      precision=precision, image_size=image_size, batch_size=batch_size,
-                                      threshold=threshold, cache_dir=cache_dir, warn_random=warn_random,
-                                      activation=activation, **method_options)
+        return Detector(reference_method(method, list(references), backbone=backbone, device=device,
+                                         precision=precision, image_size=image_size, batch_size=batch_size,
+                                         cache_dir=cache_dir, warn_random=warn_random, activation=activation,
+                                         **method_options), batch_size=batch_size, thresholds=thresholds)
     if isinstance(backbone, str) and getattr(cls, "needs_text", True):
         from zsad.backbones import parse_backbone_name
 

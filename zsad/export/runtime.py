@@ -15,7 +15,6 @@ import torch
 
 from zsad.backbones.names import parse_backbone_name
 from zsad.backbones.onnx import OnnxBackbone, make_session, require_onnxruntime
-from zsad.decisions import Thresholds
 from zsad.errors import UsageError
 from zsad.export.manifest import PROMPTS, RUNTIMES, TENSORS, Manifest, check_request, read_manifest
 from zsad.methods import method_class
@@ -99,14 +98,12 @@ def build_method(folder: Path, manifest: Manifest, backbone: OnnxBackbone, optio
     return method
 
 
-def create_onnx_detector(method: str, export: str | Path | None, *, runtime: str = "onnx", backbone: Any,
-                         device: str | torch.device = "auto", precision: str = "auto", image_size: int,
-                         batch_size: int = 8, threshold: float, class_name: str | None = None,
-                         activation: str = "auto", **method_options):
-    """:func:`zsad.create` with ``runtime="onnx"`` / ``"onnx-int8"``: a Detector whose backbone forward runs on
-    ONNX Runtime from the export folder; an export made for something else than asked is refused."""
-    from zsad.detector import Detector
-
+def create_onnx_method(method: str, export: str | Path | None, *, runtime: str = "onnx", backbone: Any,
+                       device: str | torch.device = "auto", precision: str = "auto", image_size: int,
+                       activation: str = "auto", **method_options) -> tuple[Method, str | None]:
+    """The method of :func:`zsad.create` with ``runtime="onnx"`` / ``"onnx-int8"`` (its backbone forward runs on
+    ONNX Runtime from the export folder) and the class name to set it up with when the export has only one; an
+    export made for something else than asked is refused."""
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)})")
     if export is None:
@@ -121,9 +118,5 @@ def create_onnx_detector(method: str, export: str | Path | None, *, runtime: str
     check_request(manifest, method=method, backbone=backbone, image_size=image_size, activation=activation,
                   adapter=method_options.pop("adapter", None), where=str(folder))
     onnx_backbone = open_backbone(folder, manifest, runtime, device=resolve_runtime_device(device))
-    detector = Detector(build_method(folder, manifest, onnx_backbone, method_options), batch_size=batch_size,
-                        thresholds=Thresholds(threshold))
-    if class_name is None and len(manifest.class_names) == 1:
-        class_name = manifest.class_names[0]
-    detector.setup(class_name)
-    return detector
+    only = manifest.class_names[0] if len(manifest.class_names) == 1 else None
+    return build_method(folder, manifest, onnx_backbone, method_options), only

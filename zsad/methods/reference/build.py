@@ -15,14 +15,12 @@ from zsad.methods.reference.method import ReferenceConfig, ReferenceMethod
 _TEXT_OPTIONS = frozenset({"prompts", "adapter", "musc_weight"})
 
 
-def create_with_references(method: str, references: Sequence[Any], *, backbone: str, device: str, precision: str,
-                           image_size: int, batch_size: int, threshold: float, cache_dir: str | None,
-                           warn_random: bool, activation: str = "auto", **method_options):
-    """``zsad.create(method, references=...)``: a :class:`~zsad.detector.Detector` whose method is a
-    :class:`ReferenceMethod` on ``backbone`` (any, CLIP or timm); ``method`` says whether batches are joint."""
+def reference_method(method: str, references: Sequence[Any], *, backbone: str, device: str, precision: str,
+                     image_size: int, batch_size: int, cache_dir: str | None, warn_random: bool,
+                     activation: str = "auto", **method_options) -> ReferenceMethod:
+    """The method of ``zsad.create(method, references=...)``: a :class:`ReferenceMethod` on ``backbone`` (any,
+    CLIP or timm), its memory bank built from ``references``; ``method`` says whether batches are joint."""
     from zsad.backbones import load_backbone
-    from zsad.decisions import Thresholds
-    from zsad.detector import Detector
     from zsad.methods import method_class
     from zsad.runtime import resolve_device, resolve_precision
 
@@ -36,7 +34,6 @@ def create_with_references(method: str, references: Sequence[Any], *, backbone: 
     unknown = sorted(set(method_options) - known)
     if unknown:
         raise UsageError(f"scoring against references has no option(s) {unknown}; options: {sorted(known)}")
-    thresholds = Thresholds(threshold)
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     load_options = {}
@@ -48,7 +45,7 @@ def create_with_references(method: str, references: Sequence[Any], *, backbone: 
     config = ReferenceConfig(**{"batch_size": batch_size, **method_options})
     scorer = ReferenceMethod(bb, dtype=dtype, config=config, base=method, transductive=cls.transductive)
     scorer.set_references(list(references))
-    return Detector(scorer, batch_size=batch_size, thresholds=thresholds)
+    return scorer
 
 
 def draw_references(dataset, category: str, shots: int, seed: int) -> list[Path]:
