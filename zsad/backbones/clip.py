@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from zsad.backbones.activation import model_activation, set_activation
+from zsad.backbones.blocks import check_blocks, even_blocks
 from zsad.backbones.names import BackboneSpec
 from zsad.errors import UsageError
 
@@ -157,8 +158,7 @@ class ClipBackbone(nn.Module):
 
     def default_layers(self, count: int = 4) -> list[int]:
         """An even spread of ``count`` 0-based blocks ending at the last: [5, 11, 17, 23] for 24 blocks."""
-        n = self.num_layers
-        return sorted({max(0, round((i + 1) * n / count) - 1) for i in range(count)})
+        return even_blocks(self.num_layers, count)
 
     # -- images ------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -178,14 +178,7 @@ class ClipBackbone(nn.Module):
 
     def check_layers(self, layers: Sequence[int]) -> list[int]:
         """0-based block indices (negative ones count from the end); a block the model lacks is a UsageError."""
-        n = self.num_layers
-        out = []
-        for layer in layers:
-            index = layer + n if layer < 0 else layer
-            if not 0 <= index < n:
-                raise UsageError(f"layer {layer} is out of range for a {n}-block backbone (0-based)")
-            out.append(index)
-        return out
+        return check_blocks(layers, self.num_layers)
 
     def tokens(
         self, images: torch.Tensor, layers: Sequence[int], *, vv: bool = False, vv_start: int | None = None

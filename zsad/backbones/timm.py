@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from zsad.backbones.blocks import check_blocks, even_blocks
 from zsad.backbones.clip import TokenOutput
 from zsad.backbones.names import TIMM_PREFIX, TINY_DINO, BackboneSpec, parse_backbone_name
 from zsad.errors import UsageError
@@ -111,19 +112,11 @@ class TimmBackbone(nn.Module):
     def default_layers(self, count: int = 4) -> list[int]:
         """An even spread of ``count`` 0-based blocks ending at the last: [5, 11, 17, 23] for 24 blocks (MuSc's
         DINOv2-L setting), [2, 5, 8, 11] for 12."""
-        n = self.num_layers
-        return sorted({max(0, round((i + 1) * n / count) - 1) for i in range(count)})
+        return even_blocks(self.num_layers, count)
 
     def check_layers(self, layers: Sequence[int]) -> list[int]:
         """0-based block indices (negative ones count from the end); a block the model lacks is a UsageError."""
-        n = self.num_layers
-        out = []
-        for layer in layers:
-            index = layer + n if layer < 0 else layer
-            if not 0 <= index < n:
-                raise UsageError(f"layer {layer} is out of range for a {n}-block backbone (0-based)")
-            out.append(index)
-        return out
+        return check_blocks(layers, self.num_layers)
 
     # -- images ------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
