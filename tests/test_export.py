@@ -122,14 +122,49 @@ def test_anomalyclip_round_trip_with_a_trained_adapter(prompt_train_config, tmp_
         _onnx("anomalyclip", out, adapter=str(other))
 
 
-def test_musc_round_trip_equals_pytorch(tmp_path):
+@pytest.fixture(scope="module")
+def musc_export(tmp_path_factory):
     from zsad.export.build import ExportRequest, export
 
-    out = tmp_path / "musc"
+    out = tmp_path_factory.mktemp("exports") / "musc"
     manifest = export(ExportRequest(method="musc", backbone="tiny-random", out=out, image_size=SIZE))
     assert manifest.call.vv is False and all(o.startswith("plain.") for o in manifest.call.outputs)
+    return out
+
+
+def test_musc_round_trip_equals_pytorch(musc_export):
     images = _images(6)
-    _compare(_torch("musc").score(images), _onnx("musc", out).score(images))
+    _compare(_torch("musc").score(images), _onnx("musc", musc_export).score(images))
+
+
+def test_references_on_onnx_equal_pytorch(musc_export, clip_export, image_folder, tmp_path):
+    """Scoring against references from a musc export: the bank (single images) and joint batches reproduce the
+    PyTorch path; an export of another method is refused, and the command line takes --reference with it."""
+    from zsad.cli import main
+    from zsad.data.synthetic import make_sample
+    from zsad.errors import UsageError
+
+    rng = np.random.default_rng(11)
+    good = [make_sample("weave", None, size=(80, 64), rng=rng).image for _ in range(3)]
+    tests = _images(3)
+    for method in ("clip", "musc"):  # clip: bank mode only; musc: a batch of 3 joins the references
+        torch_detector = _torch(method, references=good)
+        onnx_detector = _onnx(method, musc_export, references=good)
+        assert abs(torch_detector.method.normal_max - onnx_detector.method.normal_max) <= SCORE_TOL
+        _compare([torch_detector.score([image])[0] for image in tests],
+                 [onnx_detector.score([image])[0] for image in tests])
+        _compare(torch_detector.score(tests), onnx_detector.score(tests))
+    with pytest.raises(UsageError, match="--method musc"):
+        _onnx("musc", clip_export, references=good)
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i, image in enumerate(good):
+        image.save(folder / f"{i}.png")
+    out = tmp_path / "scored"
+    assert main(["score", str(image_folder), "--reference", str(folder), "--runtime", "onnx", "--export",
+                 str(musc_export), "--out", str(out), "-q"]) == 0
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(list(image_folder.iterdir()))
 
 
 def test_mismatched_export_is_refused(clip_export, image_folder, capsys):

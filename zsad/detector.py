@@ -125,16 +125,21 @@ def create(
     ``references`` (known-good images: paths or PIL) score every image against them instead
     (:mod:`zsad.methods.reference`; ``method`` then only says whether batches are joint: musc, auto).
     ``runtime="onnx"`` (or ``"onnx-int8"``) with ``export=DIR`` (made by ``zsad export``) runs the backbone
-    forward on ONNX Runtime from that folder, needing no PyTorch weights (:mod:`zsad.export.runtime`).
+    forward on ONNX Runtime from that folder, needing no PyTorch weights (:mod:`zsad.export.runtime`); with
+    ``references`` the folder must be a ``musc`` export (reference scoring uses MuSc's patch tokens).
     """
     thresholds = Thresholds(threshold)
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     if runtime != "torch" or export is not None:
-        from zsad.export.runtime import create_onnx_method
+        from zsad.export.runtime import create_onnx_method, create_onnx_reference_method
 
         if references is not None:
-            raise UsageError("references are not supported with an ONNX runtime yet; score them with runtime='torch'")
+            scorer = create_onnx_reference_method(method, export, list(references), runtime=runtime,
+                                                  backbone=backbone, device=device, precision=precision,
+                                                  image_size=image_size, activation=activation,
+                                                  batch_size=batch_size, **method_options)
+            return Detector(scorer, batch_size=batch_size, thresholds=thresholds)
         onnx_method, only_class = create_onnx_method(method, export, runtime=runtime, backbone=backbone,
                                                      device=device, precision=precision, image_size=image_size,
                                                      activation=activation, **method_options)

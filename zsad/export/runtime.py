@@ -8,6 +8,7 @@ from the stored table); ``anomalyclip`` gets its learned text embeddings from th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,42 @@ def create_onnx_method(method: str, export: str | Path | None, *, runtime: str =
     """The method of :func:`zsad.create` with ``runtime="onnx"`` / ``"onnx-int8"`` (its backbone forward runs on
     ONNX Runtime from the export folder) and the class name to set it up with when the export has only one; an
     export made for something else than asked is refused."""
+    folder, manifest = _open_export(export, runtime=runtime, backbone=backbone, precision=precision)
+    check_request(manifest, method=method, backbone=backbone, image_size=image_size, activation=activation,
+                  adapter=method_options.pop("adapter", None), where=str(folder))
+    onnx_backbone = open_backbone(folder, manifest, runtime, device=resolve_runtime_device(device))
+    only = manifest.class_names[0] if len(manifest.class_names) == 1 else None
+    return build_method(folder, manifest, onnx_backbone, method_options), only
+
+
+def create_onnx_reference_method(method: str, export: str | Path | None, references: Sequence[Any], *,
+                                 runtime: str = "onnx", backbone: Any, device: str | torch.device = "auto",
+                                 precision: str = "auto", image_size: int, activation: str = "auto",
+                                 batch_size: int = 8, **method_options) -> Method:
+    """The method of :func:`zsad.create` with ``references=`` and an ONNX runtime: the references' memory bank
+    and every test image's patch tokens come from a ``musc`` export (reference scoring uses MuSc's patch features,
+    whatever ``method`` is; ``method`` only says whether batches are joint, as on PyTorch)."""
+    from zsad.methods.reference import ReferenceMethod
+    from zsad.methods.reference.build import reference_config, reference_scorer
+
+    folder, manifest = _open_export(export, runtime=runtime, backbone=backbone, precision=precision)
+    if manifest.method != "musc":
+        raise UsageError(f"export {folder} was made for method {manifest.method!r}; scoring against references uses "
+                         f"MuSc's patch tokens: export with --method musc")
+    check_request(manifest, method="musc", backbone=backbone, image_size=image_size, activation=activation,
+                  adapter=None, where=str(folder))
+    options = dict(method_options)
+    if "layers" in manifest.options and "layers" not in options:
+        options["layers"] = tuple(manifest.options["layers"])
+    config = reference_config(options, batch_size)
+    onnx_backbone = open_backbone(folder, manifest, runtime, device=resolve_runtime_device(device))
+    with onnx_backbone.dry_run(), torch.inference_mode():  # the call is checked before any reference is read
+        ReferenceMethod(onnx_backbone, dtype=torch.float32, config=config).extract(torch.zeros(1, 3, onnx_backbone.image_size, onnx_backbone.image_size))
+    return reference_scorer(onnx_backbone, method, references, dtype=torch.float32, config=config)
+
+
+def _open_export(export: str | Path | None, *, runtime: str, backbone: Any, precision: str) -> tuple[Path, Manifest]:
+    """The export folder and manifest for a runtime; the arguments an ONNX runtime cannot take are refused."""
     if runtime not in RUNTIMES:
         raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)})")
     if export is None:
@@ -114,9 +151,4 @@ def create_onnx_method(method: str, export: str | Path | None, *, runtime: str =
     if precision not in ("auto", "fp32"):
         raise UsageError(f"precision '{precision}' does not apply to an ONNX export: runtime 'onnx' runs fp32, "
                          f"'onnx-int8' the int8 graph")
-    folder, manifest = read_manifest(export)
-    check_request(manifest, method=method, backbone=backbone, image_size=image_size, activation=activation,
-                  adapter=method_options.pop("adapter", None), where=str(folder))
-    onnx_backbone = open_backbone(folder, manifest, runtime, device=resolve_runtime_device(device))
-    only = manifest.class_names[0] if len(manifest.class_names) == 1 else None
-    return build_method(folder, manifest, onnx_backbone, method_options), only
+    return read_manifest(export)

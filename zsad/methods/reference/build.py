@@ -9,10 +9,36 @@ from pathlib import Path
 from typing import Any
 
 from zsad.errors import DatasetError, UsageError
+from zsad.methods.musc import MuscMethod
 from zsad.methods.reference.method import ReferenceConfig, ReferenceMethod
 
 #: method options that mean nothing for reference-guided scoring (they tune text prompts or learned adapters)
 _TEXT_OPTIONS = frozenset({"prompts", "adapter", "musc_weight"})
+
+
+def reference_config(method_options: dict[str, Any], batch_size: int) -> ReferenceConfig:
+    """The :class:`ReferenceConfig` of ``zsad.create(..., references=...)`` keywords; options that tune text
+    prompts or adapters, or that reference scoring does not have, are refused by name."""
+    dropped = sorted(set(method_options) & _TEXT_OPTIONS)
+    if dropped:
+        raise UsageError(f"options {dropped} do not apply to scoring against references (patch features only)")
+    known = {f.name for f in dataclasses.fields(ReferenceConfig)}
+    unknown = sorted(set(method_options) - known)
+    if unknown:
+        raise UsageError(f"scoring against references has no option(s) {unknown}; options: {sorted(known)}")
+    return ReferenceConfig(**{"batch_size": batch_size, **method_options})
+
+
+def reference_scorer(backbone, method: str, references: Sequence[Any], *, dtype, config: ReferenceConfig
+                     ) -> ReferenceMethod:
+    """A :class:`ReferenceMethod` on a loaded backbone (PyTorch or ONNX), its bank built from ``references``;
+    ``method`` says whether batches are joint."""
+    from zsad.methods import method_class
+
+    scorer = ReferenceMethod(backbone, dtype=dtype, config=config, base=method,
+                             transductive=method_class(method).transductive)
+    scorer.set_references(list(references))
+    return scorer
 
 
 def reference_method(method: str, references: Sequence[Any], *, backbone: str, device: str, precision: str,
@@ -24,28 +50,18 @@ def reference_method(method: str, references: Sequence[Any], *, backbone: str, d
     from zsad.methods import method_class
     from zsad.runtime import resolve_device, resolve_precision
 
-    cls = method_class(method)
+    method_class(method)  # an unknown method is refused by name
     if not isinstance(backbone, str):
         raise UsageError("references need a backbone name (a shared, already loaded backbone is not supported)")
-    dropped = sorted(set(method_options) & _TEXT_OPTIONS)
-    if dropped:
-        raise UsageError(f"options {dropped} do not apply to scoring against references (patch features only)")
-    known = {f.name for f in dataclasses.fields(ReferenceConfig)}
-    unknown = sorted(set(method_options) - known)
-    if unknown:
-        raise UsageError(f"scoring against references has no option(s) {unknown}; options: {sorted(known)}")
+    config = reference_config(method_options, batch_size)
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
-    load_options = {}
-    resolve = getattr(cls, "activation_for", None)  # CLIP's MLP activation, resolved per method (--activation)
-    if resolve is not None:
-        load_options["activation"] = resolve(activation, backbone, image_size, cache_dir=cache_dir)
+    # The features are MuSc's whatever ``method`` is, so CLIP's MLP activation is MuSc's (--activation auto: what
+    # its published code ran); a musc export (ONNX runtime) holds the same, so both runtimes score alike.
+    act = MuscMethod.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
     bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
-                       pos_interpolation="bicubic", warn_random=warn_random, **load_options)
-    config = ReferenceConfig(**{"batch_size": batch_size, **method_options})
-    scorer = ReferenceMethod(bb, dtype=dtype, config=config, base=method, transductive=cls.transductive)
-    scorer.set_references(list(references))
-    return scorer
+                       pos_interpolation=MuscMethod.pos_interpolation, warn_random=warn_random, activation=act)
+    return reference_scorer(bb, method, references, dtype=dtype, config=config)
 
 
 def draw_references(dataset, category: str, shots: int, seed: int) -> list[Path]:
