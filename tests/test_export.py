@@ -137,6 +137,18 @@ def test_musc_round_trip_equals_pytorch(musc_export):
     _compare(_torch("musc").score(images), _onnx("musc", musc_export).score(images))
 
 
+def test_auto_round_trip_equals_pytorch(tmp_path):
+    """auto (CLIP text half + MuSc half) from one graph: its call taps both paths, and scores equal PyTorch."""
+    from zsad.export.build import ExportRequest, export
+
+    out = tmp_path / "auto"
+    manifest = export(ExportRequest(method="auto", backbone="tiny-random", out=out, image_size=SIZE,
+                                    class_names=("bottle",)))
+    assert manifest.method == "auto" and manifest.class_names == ["bottle"]
+    images = _images(6)
+    _compare(_torch("auto", class_name="bottle").score(images), _onnx("auto", out).score(images))
+
+
 def test_references_on_onnx_equal_pytorch(musc_export, clip_export, image_folder, tmp_path):
     """Scoring against references from a musc export: the bank (single images) and joint batches reproduce the
     PyTorch path; an export of another method is refused, and the command line takes --reference with it."""

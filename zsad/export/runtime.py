@@ -94,6 +94,7 @@ def build_method(folder: Path, manifest: Manifest, backbone: OnnxBackbone, optio
     else:
         method = cls(backbone, dtype=torch.float32, **({"config": config} if config is not None else {}))
     size = backbone.image_size
+    method.setup(manifest.class_names[0] if manifest.class_names else None)  # text from the stored table
     with backbone.dry_run(), torch.inference_mode():
         method.extract(torch.zeros(1, 3, size, size))
     return method

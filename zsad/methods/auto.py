@@ -74,6 +74,7 @@ class AutoMethod(Method):
 
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> AutoFeatures:
+        self.clip.ensure_text()
         out = self.clip.run_backbone(images, extra_layers=self.musc.layers)
         return AutoFeatures(musc=self.musc.features_from_tokens(out), clip=self.clip.evidence(out))
 

@@ -135,10 +135,14 @@ class ClipMethod(Method):
                     **(extras or {})},
         )
 
-    @torch.inference_mode()
-    def extract(self, images: torch.Tensor) -> ClipEvidence:
+    def ensure_text(self) -> None:
+        """The current class's text embeddings, computed on first use (features extracted before ``setup``)."""
         if self.class_name not in self._state_text:
             self.setup(self.class_name)
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor) -> ClipEvidence:
+        self.ensure_text()
         return self.evidence(self.run_backbone(images))
 
     combine = staticmethod(concat_evidence)
