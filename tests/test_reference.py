@@ -190,3 +190,26 @@ def test_evaluate_with_reference_shots_over_two_seeds(tmp_path, capsys):
                   "--image-size", "112", "--reference-shots", "3", "--reference-seed", "0",
                   "--out", str(out / "seed-0"), "--resume", "-q"])
     assert again == 2  # another reference draw is not the same run
+
+
+def test_reference_scoring_runs_and_records_musc_activation_for_every_method(tmp_path):
+    """Reference scoring uses MuSc's features, so its backbone runs MuSc's activation whatever ``method`` is (on
+    tiny-random, ``clip`` alone would run QuickGELU and ``musc`` GELU), and ``evaluate`` records the one that ran."""
+    from zsad.data.synthetic import make_sample
+    from zsad.detector import resolve_activation
+    from zsad.evaluate import EvaluateConfig, _activation
+
+    musc, clip = (resolve_activation(m, "tiny-random", 56) for m in ("musc", "clip"))
+    assert musc != clip  # otherwise this test could not tell the two rules apart
+    rng = np.random.default_rng(5)
+    good = [make_sample("grain", None, size=56, rng=rng).image for _ in range(2)]
+    for method in ("clip", "musc"):
+        detector = zsad.create(method, backbone="tiny-random", image_size=56, device="cpu", precision="fp32",
+                               warn_random=False, references=good)
+        assert detector.backbone.activation == musc
+        config = EvaluateConfig(data=tmp_path, out=tmp_path / "out", method=method, backbone="tiny-random",
+                                image_size=56, reference_shots=2)
+        assert _activation(config) == musc
+    zero_shot = EvaluateConfig(data=tmp_path, out=tmp_path / "out", method="clip", backbone="tiny-random",
+                               image_size=56)
+    assert _activation(zero_shot) == clip

@@ -136,7 +136,8 @@ def create_onnx_reference_method(method: str, export: str | Path | None, referen
     config = reference_config(options, batch_size)
     onnx_backbone = open_backbone(folder, manifest, runtime, device=resolve_runtime_device(device))
     with onnx_backbone.dry_run(), torch.inference_mode():  # the call is checked before any reference is read
-        ReferenceMethod(onnx_backbone, dtype=torch.float32, config=config).extract(torch.zeros(1, 3, onnx_backbone.image_size, onnx_backbone.image_size))
+        size = onnx_backbone.image_size
+        ReferenceMethod(onnx_backbone, dtype=torch.float32, config=config).extract(torch.zeros(1, 3, size, size))
     return reference_scorer(onnx_backbone, method, references, dtype=torch.float32, config=config)
 
 

@@ -29,6 +29,12 @@ def reference_config(method_options: dict[str, Any], batch_size: int) -> Referen
     return ReferenceConfig(**{"batch_size": batch_size, **method_options})
 
 
+def reference_activation(activation: str, backbone: str, image_size: int, *, cache_dir: str | None = None) -> str:
+    """The MLP activation reference scoring runs: MuSc's, whatever ``method`` is, because the features are MuSc's
+    (``auto``: what its published code ran); a musc export (ONNX runtime) holds the same, so both runtimes agree."""
+    return MuscMethod.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
+
+
 def reference_scorer(backbone, method: str, references: Sequence[Any], *, dtype, config: ReferenceConfig
                      ) -> ReferenceMethod:
     """A :class:`ReferenceMethod` on a loaded backbone (PyTorch or ONNX), its bank built from ``references``;
@@ -56,9 +62,7 @@ def reference_method(method: str, references: Sequence[Any], *, backbone: str, d
     config = reference_config(method_options, batch_size)
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
-    # The features are MuSc's whatever ``method`` is, so CLIP's MLP activation is MuSc's (--activation auto: what
-    # its published code ran); a musc export (ONNX runtime) holds the same, so both runtimes score alike.
-    act = MuscMethod.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
+    act = reference_activation(activation, backbone, image_size, cache_dir=cache_dir)
     bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
                        pos_interpolation=MuscMethod.pos_interpolation, warn_random=warn_random, activation=act)
     return reference_scorer(bb, method, references, dtype=dtype, config=config)
