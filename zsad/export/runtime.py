@@ -121,7 +121,6 @@ def create_onnx_reference_method(method: str, export: str | Path | None, referen
     """The method of :func:`zsad.create` with ``references=`` and an ONNX runtime: the references' memory bank
     and every test image's patch tokens come from a ``musc`` export (reference scoring uses MuSc's patch features,
     whatever ``method`` is; ``method`` only says whether batches are joint, as on PyTorch)."""
-    from zsad.methods.reference import ReferenceMethod
     from zsad.methods.reference.build import reference_config, reference_scorer
 
     folder, manifest = _open_export(export, runtime=runtime, backbone=backbone, precision=precision)
@@ -135,10 +134,12 @@ def create_onnx_reference_method(method: str, export: str | Path | None, referen
         options["layers"] = tuple(manifest.options["layers"])
     config = reference_config(options, batch_size)
     onnx_backbone = open_backbone(folder, manifest, runtime, device=resolve_runtime_device(device))
+    scorer = reference_scorer(onnx_backbone, method, dtype=torch.float32, config=config)
+    size = onnx_backbone.image_size
     with onnx_backbone.dry_run(), torch.inference_mode():  # the call is checked before any reference is read
-        size = onnx_backbone.image_size
-        ReferenceMethod(onnx_backbone, dtype=torch.float32, config=config).extract(torch.zeros(1, 3, size, size))
-    return reference_scorer(onnx_backbone, method, references, dtype=torch.float32, config=config)
+        scorer.extract(torch.zeros(1, 3, size, size))
+    scorer.set_references(list(references))
+    return scorer
 
 
 def _open_export(export: str | Path | None, *, runtime: str, backbone: Any, precision: str) -> tuple[Path, Manifest]:

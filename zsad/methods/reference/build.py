@@ -35,16 +35,13 @@ def reference_activation(activation: str, backbone: str, image_size: int, *, cac
     return MuscMethod.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
 
 
-def reference_scorer(backbone, method: str, references: Sequence[Any], *, dtype, config: ReferenceConfig
-                     ) -> ReferenceMethod:
-    """A :class:`ReferenceMethod` on a loaded backbone (PyTorch or ONNX), its bank built from ``references``;
+def reference_scorer(backbone, method: str, *, dtype, config: ReferenceConfig) -> ReferenceMethod:
+    """A :class:`ReferenceMethod` on a loaded backbone (PyTorch or ONNX), before its references are set;
     ``method`` says whether batches are joint."""
     from zsad.methods import method_class
 
-    scorer = ReferenceMethod(backbone, dtype=dtype, config=config, base=method,
-                             transductive=method_class(method).transductive)
-    scorer.set_references(list(references))
-    return scorer
+    return ReferenceMethod(backbone, dtype=dtype, config=config, base=method,
+                           transductive=method_class(method).transductive)
 
 
 def reference_method(method: str, references: Sequence[Any], *, backbone: str, device: str, precision: str,
@@ -65,7 +62,9 @@ def reference_method(method: str, references: Sequence[Any], *, backbone: str, d
     act = reference_activation(activation, backbone, image_size, cache_dir=cache_dir)
     bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
                        pos_interpolation=MuscMethod.pos_interpolation, warn_random=warn_random, activation=act)
-    return reference_scorer(bb, method, references, dtype=dtype, config=config)
+    scorer = reference_scorer(bb, method, dtype=dtype, config=config)
+    scorer.set_references(list(references))
+    return scorer
 
 
 def draw_references(dataset, category: str, shots: int, seed: int) -> list[Path]:
