@@ -14,8 +14,8 @@ With ``--data``, each test image is asked one held-out paraphrase per intent (ye
 drawn in turn from the single-intent questions of ``evaluation/questions/heldout.yaml`` that match no template of
 ``prompts/dialogue.yaml`` (``--questions training``: the first training paraphrase, as before; ``--questions
 FILE``: another bank). Only the test split is evaluated; with ``--adapter`` (or ``--trained-on``) the training
-record it holds (:mod:`zsad.dialogue.overlap`) is read: without ``--categories`` the categories training named are
-left out, and evaluation images with the bytes of a training image (sha256) or questions that are training
+record it holds (:mod:`zsad.dialogue.training.overlap`) is read: without ``--categories`` the categories training
+named are left out, and evaluation images with the bytes of a training image (sha256) or questions that are training
 paraphrases are counted, written to ``OUT/overlap.json`` and the metrics, and refused (exit 2) unless
 ``--allow-overlap``. ``--bank [FILE]`` asks every question of the held-out bank (default
 ``evaluation/questions/heldout.yaml``, never read by the recogniser or by training) about each synthetic scenario
@@ -26,8 +26,8 @@ Evidence comes from the CLIP detector (``--detector clip``, default) or from the
 (``--detector ground-truth``: an upper bound that isolates the language side). Metrics (lvlm.md §4.6):
 
 * yes/no: accuracy, balanced accuracy, F1 against the ground truth, with the anchored parser
-  (:func:`zsad.dialogue.judge.parse_yes_no`), per class and macro-averaged over classes (``yes_no``) and pooled
-  (``yes_no_pooled``); unparsed answers count as wrong and are reported;
+  (:func:`zsad.dialogue.answer.replies.parse_yes_no`), per class and macro-averaged over classes (``yes_no``) and
+  pooled (``yes_no_pooled``); unparsed answers count as wrong and are reported;
 * type: top-1 accuracy and macro-F1 on true-positive anomalies with a known type;
 * location: the true set is every grid cell covered >= 5 % by the mask; exact cell-set match, Jaccard and a
   one-neighbour hit on true positives; count accuracy;
@@ -51,9 +51,11 @@ from typing import Any
 import numpy as np
 import question_bank
 
+from zsad.dialogue.answer.replies import parse_yes_no
 from zsad.dialogue.evidence import Evidence, evidence_from_mask, evidence_from_result
-from zsad.dialogue.instructions import corrupt, fold_defect_type, load_dialogue_tables
-from zsad.dialogue.judge import (
+from zsad.dialogue.tables import load_dialogue_tables
+from zsad.dialogue.training.instructions import corrupt, fold_defect_type
+from zsad.dialogue.training.judge import (
     binary_metrics,
     covered_cells,
     location_scores,
@@ -61,7 +63,6 @@ from zsad.dialogue.judge import (
     parse_cells,
     parse_count,
     parse_type,
-    parse_yes_no,
 )
 
 #: held-out bank entries that ask one dataset intent (intent, polarity): yes/no about any defect, type, where, count
@@ -78,7 +79,7 @@ def _questions(class_name: str) -> dict[str, str]:
 def heldout_pools(bank: str | Path = question_bank.DEFAULT_BANK, seed: int = 0) -> dict[str, list[str]]:
     """Per dataset intent, the bank's questions asking only that (no defect type, no place), minus any that a
     template of ``prompts/dialogue.yaml`` matches, in a seeded order."""
-    from zsad.dialogue.overlap import matches_any
+    from zsad.dialogue.training.overlap import matches_any
     from zsad.errors import UsageError
 
     trained = [q for qs in load_dialogue_tables().questions.values() for q in qs]
@@ -162,7 +163,7 @@ def markdown(metrics: dict[str, Any], settings: dict[str, Any]) -> str:
 
 
 def _responder(args: argparse.Namespace) -> Any:
-    from zsad.dialogue.grounded import GroundedResponder
+    from zsad.dialogue.answer.grounded import GroundedResponder
 
     if not args.lvlm:
         return GroundedResponder()
@@ -188,7 +189,7 @@ def _write(out: Path, stem: str, payload: dict[str, Any], table: str, records: l
 
 def _training_record(args: argparse.Namespace) -> tuple[Any, str]:
     """The training record of ``--trained-on`` or ``--adapter`` and, when there is none, why."""
-    from zsad.dialogue.overlap import read_record
+    from zsad.dialogue.training.overlap import read_record
 
     source = args.trained_on or args.adapter
     if not source:
@@ -233,7 +234,7 @@ def check_overlap(args: argparse.Namespace, record: Any, reason: str, plan: list
                   bank_questions: list[str]) -> Any:
     """Compare the evaluation with the training ``record`` (None: not checked, for ``reason``); writes
     ``OUT/overlap.json``; refuses an overlap unless ``--allow-overlap``."""
-    from zsad.dialogue.overlap import find_overlap, unchecked
+    from zsad.dialogue.training.overlap import find_overlap, unchecked
     from zsad.errors import UsageError
 
     if record is None:
@@ -328,7 +329,7 @@ def bank_questions(args: argparse.Namespace) -> list[str]:
 
 def run_bank(args: argparse.Namespace, responder: Any, overlap: Any = None) -> dict[str, Any]:
     """The held-out question bank asked about every scenario (:mod:`question_bank`)."""
-    from zsad.dialogue.grounded import GroundedResponder
+    from zsad.dialogue.answer.grounded import GroundedResponder
 
     reader = responder.grounded.reader if hasattr(responder, "grounded") else responder.reader
     kinds = reader.vocabulary.kinds

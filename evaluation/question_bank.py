@@ -4,7 +4,7 @@ Each question is asked about every scenario: a synthetic image with a decision m
 :func:`zsad.decisions.decide` from a planted map, covering a normal image, anomalous ones with one or two regions
 in known cells, a detected type that wins clearly, narrowly or weakly (at chance, as in issue 16), decisions
 forced with threshold 0 and 1, and a detector that names no types. The expected yes/no comes from the bank's own
-annotations (polarity, types, place) and the evidence, through :mod:`zsad.dialogue.verdict`: the recogniser's
+annotations (polarity, types, place) and the evidence, through :mod:`zsad.dialogue.answer.verdict`: the recogniser's
 reading is not used, so misreading a question costs polarity accuracy.
 
 Metrics:
@@ -30,13 +30,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from zsad.dialogue.agreement import reads_as
+from zsad.dialogue.answer.agreement import reads_as
+from zsad.dialogue.answer.verdict import expected_reply, target_found
 from zsad.dialogue.evidence import Evidence, evidence_from_result
-from zsad.dialogue.intents import Intent
-from zsad.dialogue.places import AREAS
-from zsad.dialogue.polarity import Polarity
-from zsad.dialogue.questions import QuestionReader
-from zsad.dialogue.verdict import expected_reply, target_found
+from zsad.dialogue.understand.intents import Intent
+from zsad.dialogue.understand.places import AREAS
+from zsad.dialogue.understand.polarity import Polarity
+from zsad.dialogue.understand.questions import QuestionReader
 from zsad.errors import UsageError
 
 DEFAULT_BANK = Path(__file__).resolve().parent / "questions" / "heldout.yaml"

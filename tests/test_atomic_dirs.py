@@ -334,8 +334,8 @@ def test_prompt_training_epoch_outputs_belong_together_after_a_crash(prompt_trai
 def lora_parts():
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    from zsad.dialogue.lora import LoraSettings, apply_lora
-    from zsad.dialogue.tiny_lvlm import tiny_lvlm
+    from zsad.dialogue.lvlm.lora import LoraSettings, apply_lora
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import tiny_lvlm
 
     model, _ = tiny_lvlm(seed=0)
     settings = LoraSettings(r=2, alpha=4)
@@ -345,7 +345,7 @@ def lora_parts():
 
 
 def test_dialogue_checkpoint_is_replaced_whole(tmp_path, monkeypatch, lora_parts):
-    from zsad.dialogue import train as train_module
+    from zsad.dialogue.training import train as train_module
 
     model, optimizer, settings = lora_parts
     out = tmp_path / "ad"
@@ -383,7 +383,7 @@ def test_dialogue_resume_puts_back_a_checkpoint_left_aside(tmp_path, dataset):
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     pytest.importorskip("accelerate")
-    from zsad.dialogue.train import TrainConfig, train
+    from zsad.dialogue.training.train import TrainConfig, train
 
     out = tmp_path / "ad"
     common = dict(data=str(dataset), split="test", out=str(out), base="tiny-random", batch_size=2, device="cpu",

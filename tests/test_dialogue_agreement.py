@@ -9,9 +9,10 @@ import torch
 
 from zsad.decisions import Thresholds, decide
 from zsad.dialogue import GroundedResponder, evidence_from_mask, evidence_from_result
-from zsad.dialogue.agreement import answer_hint, check, lvlm_hint
-from zsad.dialogue.grounded import CAN_ONLY_TELL
-from zsad.dialogue.instructions import dialogue_row, load_dialogue_tables
+from zsad.dialogue.answer.agreement import answer_hint, check, lvlm_hint
+from zsad.dialogue.answer.grounded import CAN_ONLY_TELL
+from zsad.dialogue.tables import load_dialogue_tables
+from zsad.dialogue.training.instructions import dialogue_row
 from zsad.types import RawOutput
 
 
@@ -44,7 +45,7 @@ def test_hint_states_the_answer_for_the_asked_question(evidence):
 
 
 def test_prompt_carries_the_answer_hint(evidence):
-    from zsad.dialogue.lvlm import build_messages
+    from zsad.dialogue.lvlm.responder import build_messages
 
     messages = build_messages("Is it ok?", evidence, 1, understood=_understood("Is it ok?", evidence))
     text = messages[-1]["content"][-1]["text"]

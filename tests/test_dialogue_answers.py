@@ -8,8 +8,8 @@ import pytest
 
 from zsad.decisions import Thresholds, decide
 from zsad.dialogue import Conversation, GroundedResponder, evidence_from_result
-from zsad.dialogue.grounded import CAN_ONLY_TELL
-from zsad.dialogue.judge import parse_literal_yes_no
+from zsad.dialogue.answer.grounded import CAN_ONLY_TELL
+from zsad.dialogue.answer.replies import parse_literal_yes_no
 from zsad.prompts import load_prompt_bank
 from zsad.types import RawOutput
 

@@ -48,7 +48,7 @@ def _image_inputs(processor, n_images: int = 1):
     messages = [{"role": "user", "content": [*([{"type": "image"}] * n_images),
                                              {"type": "text", "text": "Is there any defect?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "Yes, there is a scratch."}]}]
-    from zsad.dialogue.train import encode_dialogue
+    from zsad.dialogue.training.train import encode_dialogue
 
     images = [Image.new("RGB", (64, 48), (120, 90, 60))] * n_images
     return encode_dialogue(processor, messages, images)
@@ -56,7 +56,7 @@ def _image_inputs(processor, n_images: int = 1):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_family_is_its_own_architecture_and_tiny(name):
-    from zsad.dialogue.tiny_lvlm import load_tiny
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import load_tiny
 
     model, processor = load_tiny(name)
     assert type(model).__name__ == FAMILIES[name][0]
@@ -85,7 +85,7 @@ def test_responder_answers_with_one_and_two_images(name, evidence):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_first_token_yes_probability(name, evidence):
     """Between 0 and 1, the same twice, and pushed to 1 or 0 when the yes or the no logits are raised."""
-    from zsad.dialogue.lvlm import NO_SPELLINGS, YES_SPELLINGS, LvlmResponder
+    from zsad.dialogue.lvlm.responder import NO_SPELLINGS, YES_SPELLINGS, LvlmResponder
 
     responder = LvlmResponder.load(name, device="cpu", precision="fp32")
     image = Image.new("RGB", (64, 48), "gray")
@@ -112,8 +112,8 @@ def test_first_token_yes_probability(name, evidence):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_lora_adapts_only_language_model_projections(name):
-    from zsad.dialogue.lora import apply_lora, lora_targets
-    from zsad.dialogue.tiny_lvlm import load_tiny
+    from zsad.dialogue.lvlm.lora import apply_lora, lora_targets
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import load_tiny
 
     model, processor = load_tiny(name)
     _, vision, projector = FAMILIES[name]
@@ -175,9 +175,9 @@ def test_train_dialogue_two_steps_then_resume(name, dataset, tmp_path, evidence)
 
 
 def test_cpu_settings_cap_qwen_pixels_and_give_llava_one_grid():
-    from zsad.dialogue.lvlm import QWEN_MAX_PIXELS, cpu_friendly
-    from zsad.dialogue.tiny_llava_ov import tiny_lvlm as tiny_llava
-    from zsad.dialogue.tiny_qwen2_vl import tiny_model, tiny_processor
+    from zsad.dialogue.lvlm.responder import QWEN_MAX_PIXELS, cpu_friendly
+    from zsad.dialogue.lvlm.tiny.tiny_llava_ov import tiny_lvlm as tiny_llava
+    from zsad.dialogue.lvlm.tiny.tiny_qwen2_vl import tiny_model, tiny_processor
 
     big = Image.new("RGB", (1400, 1100))
     processor = tiny_processor(max_pixels=4000 * 4000)  # as Qwen2-VL ships: far more than a CPU wants

@@ -9,7 +9,7 @@ import pytest
 from zsad.data.synthetic import make_sample
 from zsad.decisions import Thresholds, decide
 from zsad.dialogue import Conversation, GroundedResponder, Intent, evidence_from_mask, recognise
-from zsad.dialogue.grounded import CAN_ONLY_TELL
+from zsad.dialogue.answer.grounded import CAN_ONLY_TELL
 from zsad.errors import WeightsNotFoundError
 from zsad.types import RawOutput
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from zsad.dialogue.judge import (
+from zsad.dialogue.answer.replies import parse_yes_no
+from zsad.dialogue.training.judge import (
     binary_metrics,
     location_scores,
     macro_f1,
     parse_cells,
     parse_count,
     parse_type,
-    parse_yes_no,
 )
 
 
@@ -117,7 +117,7 @@ def test_eval_runner_with_ground_truth_and_grounded(tmp_path):
 def test_covered_cells_are_the_cells_at_least_5_percent_covered():
     import numpy as np
 
-    from zsad.dialogue.judge import covered_cells
+    from zsad.dialogue.training.judge import covered_cells
 
     mask = np.zeros((90, 90), bool)
     mask[0:30, 0:30] = True  # the whole top-left cell

@@ -19,7 +19,7 @@ pytest.importorskip("peft")
 
 @pytest.fixture(scope="module")
 def tiny():
-    from zsad.dialogue.tiny_lvlm import tiny_lvlm
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import tiny_lvlm
 
     return tiny_lvlm()
 
@@ -32,7 +32,7 @@ def evidence():
 
 
 def test_prompt_carries_evidence_and_images(tiny, evidence):
-    from zsad.dialogue.lvlm import build_messages
+    from zsad.dialogue.lvlm.responder import build_messages
 
     _, processor = tiny
     messages = build_messages("Is there any defect?", evidence, 2, history=[("Hello?", "Hi.")])
@@ -56,14 +56,14 @@ def test_tiny_lvlm_generates_answer(evidence):
 
 
 def test_lora_targets_exclude_vision_tower(tiny):
-    from zsad.dialogue.lora import apply_lora, lora_targets
+    from zsad.dialogue.lvlm.lora import apply_lora, lora_targets
 
     model, _ = tiny
     targets = lora_targets(model)
     assert len(targets) == 7 * 2  # q/k/v/o/gate/up/down in each of the 2 text layers
     assert all("text_model" in t and "vision" not in t for t in targets)
     assert any("vision_model" in name and name.endswith("q_proj") for name, _ in model.named_modules())
-    from zsad.dialogue.tiny_lvlm import tiny_model
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import tiny_model
 
     peft_model = apply_lora(tiny_model(tiny[1].tokenizer))
     adapted = [n for n, p in peft_model.named_parameters() if p.requires_grad]
@@ -72,8 +72,8 @@ def test_lora_targets_exclude_vision_tower(tiny):
 
 def test_adapter_round_trip(tmp_path, tiny):
     from zsad.adapters.folder import read_adapter_config
-    from zsad.dialogue.lora import LoraSettings, apply_lora, load_lora, save_lora
-    from zsad.dialogue.tiny_lvlm import tiny_model
+    from zsad.dialogue.lvlm.lora import LoraSettings, apply_lora, load_lora, save_lora
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import tiny_model
 
     _, processor = tiny
     settings = LoraSettings(r=4, alpha=8)
@@ -97,7 +97,7 @@ def test_adapter_round_trip(tmp_path, tiny):
 
 def test_adapter_of_wrong_kind_is_refused(tmp_path, tiny):
     from zsad.adapters.folder import save_adapter
-    from zsad.dialogue.lora import load_lora
+    from zsad.dialogue.lvlm.lora import load_lora
 
     save_adapter(tmp_path / "other", "prompt-learner", {}, {"x": torch.zeros(1)})
     with pytest.raises(AdapterError, match="lvlm-lora"):
@@ -105,9 +105,9 @@ def test_adapter_of_wrong_kind_is_refused(tmp_path, tiny):
 
 
 def test_responder_loads_adapter(tmp_path, evidence):
-    from zsad.dialogue.lora import LoraSettings, apply_lora, save_lora
     from zsad.dialogue.lvlm import LvlmResponder
-    from zsad.dialogue.tiny_lvlm import tiny_lvlm
+    from zsad.dialogue.lvlm.lora import LoraSettings, apply_lora, save_lora
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import tiny_lvlm
 
     model, _ = tiny_lvlm()
     save_lora(apply_lora(model), tmp_path / "ad", base_model="tiny-random", settings=LoraSettings(),
@@ -129,7 +129,7 @@ def test_missing_weights_offline_message(tmp_path):
 
 
 def test_region_crop_contains_region(evidence):
-    from zsad.dialogue.lvlm import region_crop
+    from zsad.dialogue.lvlm.responder import region_crop
 
     image = Image.new("RGB", (128, 128))  # evidence was made at 64 px: the box is scaled
     crop = region_crop(image, evidence)
@@ -138,8 +138,9 @@ def test_region_crop_contains_region(evidence):
 
 
 def test_dialogue_modules_do_not_import_transformers():
-    code = ("import sys, zsad.dialogue.lvlm, zsad.dialogue.train, zsad.dialogue.lora, zsad.dialogue.judge, "
-            "zsad.dialogue.instructions, zsad.dialogue.tiny_lvlm; print('transformers' in sys.modules)")
+    code = ("import sys, zsad.dialogue.lvlm, zsad.dialogue.training.train, zsad.dialogue.lvlm.lora, "
+            "zsad.dialogue.training.judge, zsad.dialogue.training.instructions, zsad.dialogue.lvlm.tiny.tiny_lvlm; "
+            "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

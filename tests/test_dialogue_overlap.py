@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from zsad.dialogue.instructions import load_dialogue_tables, read_jsonl, synthesise, write_jsonl
-from zsad.dialogue.overlap import find_overlap, matches_any, read_record, record_from_rows
+from zsad.dialogue.tables import load_dialogue_tables
+from zsad.dialogue.training.instructions import read_jsonl, synthesise, write_jsonl
+from zsad.dialogue.training.overlap import find_overlap, matches_any, read_record, record_from_rows
 
 EVALUATION = Path(__file__).resolve().parents[1] / "evaluation"
 

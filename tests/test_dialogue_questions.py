@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from zsad.dialogue import Intent, Polarity, QuestionReader
-from zsad.dialogue.instructions import load_dialogue_tables
-from zsad.dialogue.tokens import Speller, tokenize
-from zsad.dialogue.vocabulary import DefectVocabulary
+from zsad.dialogue.tables import load_dialogue_tables
+from zsad.dialogue.understand.tokens import Speller, tokenize
+from zsad.dialogue.understand.vocabulary import DefectVocabulary
 from zsad.errors import UsageError
 from zsad.prompts import load_prompt_bank
 

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from zsad.dialogue.evidence import evidence_from_mask
-from zsad.dialogue.instructions import (
-    INTENTS,
-    dialogue_row,
-    fold_defect_type,
-    load_dialogue_tables,
-    synthesise,
-    write_jsonl,
-)
+from zsad.dialogue.tables import INTENTS, load_dialogue_tables
+from zsad.dialogue.training.instructions import dialogue_row, fold_defect_type, synthesise, write_jsonl
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -85,8 +79,8 @@ def test_defect_type_folding():
 def test_labels_only_on_assistant_tokens():
     from PIL import Image
 
-    from zsad.dialogue.tiny_lvlm import tiny_processor
-    from zsad.dialogue.train import IGNORE, encode_dialogue
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import tiny_processor
+    from zsad.dialogue.training.train import IGNORE, encode_dialogue
 
     processor = tiny_processor()
     row = dialogue_row("x.png", None, _truth(True), load_dialogue_tables(), random.Random(1), follow_ups=2)
@@ -113,7 +107,7 @@ def _losses(folder):
 
 
 def test_few_lora_steps_lower_the_loss(tmp_path, dataset):
-    from zsad.dialogue.train import TrainConfig, train
+    from zsad.dialogue.training.train import TrainConfig, train
 
     rows = synthesise(dataset, split="all", seed=0)[:1]
     write_jsonl(rows, tmp_path / "one.jsonl")

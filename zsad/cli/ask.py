@@ -58,7 +58,7 @@ def _vocabulary(args: argparse.Namespace):
     """The defect vocabulary of ``--prompts`` (so questions name its types), or None for the bundled one."""
     if not args.prompts:
         return None
-    from zsad.dialogue.vocabulary import DefectVocabulary
+    from zsad.dialogue.understand.vocabulary import DefectVocabulary
     from zsad.prompts import load_prompt_bank
 
     return DefectVocabulary(load_prompt_bank(args.prompts))

@@ -8,8 +8,8 @@ from zsad.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from zsad.dialogue.tiny_lvlm import TINY_MODELS
-    from zsad.dialogue.train import TrainConfig
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import TINY_MODELS
+    from zsad.dialogue.training.train import TrainConfig
 
     p = sub.add_parser("train-dialogue", help="fine-tune an LVLM's LoRA adapter on dialogues made from a dataset",
                        description="Synthesise instruction dialogues from (image, mask, defect type) of a dataset "
@@ -40,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsad.dialogue.overlap import RECORD_NAME
-    from zsad.dialogue.train import TrainConfig, train
+    from zsad.dialogue.training.overlap import RECORD_NAME
+    from zsad.dialogue.training.train import TrainConfig, train
 
     if args.epochs < 1 or args.batch_size < 1 or args.lora_r < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise UsageError("--epochs, --batch-size, --lora-r and --max-steps must be at least 1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from zsad.dialogue.evidence import Evidence, RegionEvidence
-from zsad.dialogue.vocabulary import DefectVocabulary
+from zsad.dialogue.understand.vocabulary import DefectVocabulary
 
 
 def place(cell: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from zsad.dialogue.tokens import find_all
+from zsad.dialogue.understand.tokens import find_all
 from zsad.prompts import PromptBank, load_prompt_bank
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zsad.dialogue.tiny_common import finish, seeded, word_tokenizer
+from zsad.dialogue.lvlm.tiny.tiny_common import finish, seeded, word_tokenizer
 
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 112 * 112

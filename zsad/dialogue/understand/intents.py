@@ -1,8 +1,8 @@
-"""What a question can ask, and the phrases that ask it (data; read by :mod:`zsad.dialogue.questions`).
+"""What a question can ask, and the phrases that ask it (data; read by :mod:`zsad.dialogue.understand.questions`).
 
-A phrase matches when its words appear consecutively in the question after :mod:`zsad.dialogue.tokens` has
+A phrase matches when its words appear consecutively in the question after :mod:`zsad.dialogue.understand.tokens` has
 spelled out contractions ("what's" -> "what is") and mended typos. Whether there is a defect (``PRESENCE``) is
-not a phrase: it is asked by any word that says "defective" or "good" (:mod:`zsad.dialogue.polarity`), a
+not a phrase: it is asked by any word that says "defective" or "good" (:mod:`zsad.dialogue.understand.polarity`), a
 defect type or a place, in a yes/no or either-or question.
 """
 

@@ -88,10 +88,10 @@ def encode_dialogue(processor: Any, messages: list[dict[str, Any]], images: list
 
 
 def _load_rows(config: TrainConfig, out: Path, write: bool = True) -> tuple[list[dict[str, Any]], Any]:
-    """The dialogues and (``write``: the main process) the record of what they use (:mod:`zsad.dialogue.overlap`),
-    written into ``out``."""
-    from zsad.dialogue.instructions import default_split, read_jsonl, synthesise, write_jsonl
-    from zsad.dialogue.overlap import record_from_rows, write_record
+    """The dialogues and (``write``: the main process) the record of what they use
+    (:mod:`zsad.dialogue.training.overlap`), written into ``out``."""
+    from zsad.dialogue.training.instructions import default_split, read_jsonl, synthesise, write_jsonl
+    from zsad.dialogue.training.overlap import record_from_rows, write_record
 
     data = Path(config.data)
     split = None
@@ -122,7 +122,7 @@ def _load_rows(config: TrainConfig, out: Path, write: bool = True) -> tuple[list
 
 
 def _load_base(config: TrainConfig) -> tuple[Any, Any, bool]:
-    from zsad.dialogue.tiny_lvlm import is_tiny, load_tiny
+    from zsad.dialogue.lvlm.tiny.tiny_lvlm import is_tiny, load_tiny
 
     if is_tiny(config.base):
         model, processor = load_tiny(config.base, seed=config.seed)
@@ -141,7 +141,7 @@ def _load_base(config: TrainConfig) -> tuple[Any, Any, bool]:
 def _save_checkpoint(out: Path, model: Any, optimizer: Any, settings: Any, base: str, state: dict[str, Any]) -> None:
     import torch
 
-    from zsad.dialogue.lora import save_lora
+    from zsad.dialogue.lvlm.lora import save_lora
     from zsad.fileio import atomic_dir
 
     with atomic_dir(out / CHECKPOINT, keep_others=False) as folder:  # LoRA weights and their state, together
@@ -157,7 +157,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from zsad.adapters.folder import load_adapter
-    from zsad.dialogue.lora import LoraSettings, apply_lora, save_lora
+    from zsad.dialogue.lvlm.lora import LoraSettings, apply_lora, save_lora
     from zsad.fileio import settle_dir
     from zsad.runtime import resolve_device
 

@@ -1,7 +1,7 @@
 """A conversation about one image: the evidence stays fixed, questions and answers accumulate.
 
 The responder (grounded by default, an LVLM when configured) only states the evidence. It gets the history, so
-follow-ups are read in context: "it" and "there" mean the last region talked about (:mod:`zsad.dialogue.focus`).
+follow-ups are read in context: "it" and "there" mean the last region talked about (:mod:`zsad.dialogue.answer.focus`).
 If it fails with a user-facing error (e.g. the LVLM's weights are missing offline), the grounded answer is given
 instead and the reason kept in :attr:`Conversation.notes`, so the chat never breaks.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from zsad.dialogue.answer.grounded import GroundedResponder
+from zsad.dialogue.answer.responder import Responder
 from zsad.dialogue.evidence import Evidence, evidence_from_result
-from zsad.dialogue.grounded import GroundedResponder
-from zsad.dialogue.responder import Responder
 from zsad.errors import ZsadError
 from zsad.types import AnomalyResult
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from zsad.dialogue.tokens import find_all
+from zsad.dialogue.understand.tokens import find_all
 from zsad.types import GRID_CELLS
 
 

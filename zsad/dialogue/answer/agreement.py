@@ -3,9 +3,9 @@ disagrees.
 
 * **Hint.** After the evidence (:meth:`Evidence.to_text`), a yes/no or either-or question gets one sentence with
   the answer the evidence implies for *that* question, e.g. for "is it normal?" about a defective part:
-  ``Answer: No (the detector found a defect).`` (:mod:`zsad.dialogue.verdict` decides it.)
+  ``Answer: No (the detector found a defect).`` (:mod:`zsad.dialogue.answer.verdict` decides it.)
 * **Check.** The model's answer to a yes/no question is kept only when it opens with that yes or no (for an
-  either-or question: when it states the same verdict, :func:`~zsad.dialogue.judge.parse_yes_no`). Otherwise
+  either-or question: when it states the same verdict, :func:`~zsad.dialogue.answer.replies.parse_yes_no`). Otherwise
   the user gets the grounded answer, followed by a note quoting what the model said: the detector owns the
   verdict. Other questions are not checked. A question nobody can place is refused without running the model.
 """
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zsad.dialogue.answer.phrasing import either
+from zsad.dialogue.answer.replies import parse_literal_yes_no, parse_yes_no
+from zsad.dialogue.answer.verdict import expected_reply, target_found
 from zsad.dialogue.evidence import Evidence
-from zsad.dialogue.judge import parse_literal_yes_no, parse_yes_no
-from zsad.dialogue.phrasing import either
-from zsad.dialogue.polarity import Polarity
-from zsad.dialogue.questions import Question
-from zsad.dialogue.verdict import expected_reply, target_found
+from zsad.dialogue.understand.polarity import Polarity
+from zsad.dialogue.understand.questions import Question
 
 #: How much of a rejected model answer the note quotes.
 QUOTE_CHARS = 120

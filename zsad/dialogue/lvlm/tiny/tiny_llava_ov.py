@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zsad.dialogue.tiny_common import finish, seeded, word_tokenizer
+from zsad.dialogue.lvlm.tiny.tiny_common import finish, seeded, word_tokenizer
 
 IMAGE_SIZE = 32
 PATCH = 16

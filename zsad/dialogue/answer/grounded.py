@@ -2,7 +2,7 @@
 
 A yes/no question is answered yes or no first, as its polarity asks ("is it normal?" about a defective part:
 "No, ..."), then with the evidence; an either-or question with the verdict ("Defective: ..."). Whether the asked
-thing is there is decided by :mod:`zsad.dialogue.verdict`. Other intents get one or two sentences each, in the
+thing is there is decided by :mod:`zsad.dialogue.answer.verdict`. Other intents get one or two sentences each, in the
 order asked; on a normal image, several questions about the defect get one plain no. A question about a type the
 evidence does not support says so first ("No crack found; ..."). A question it cannot place gets "I can only
 tell ...", listing what it can answer.
@@ -14,15 +14,24 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from zsad.dialogue.answer.focus import in_context
+from zsad.dialogue.answer.phrasing import (
+    either,
+    place,
+    places,
+    region_brief,
+    region_size,
+    score_clause,
+    top_type,
+    typed,
+)
+from zsad.dialogue.answer.verdict import place_holds, regions_in, type_supported, types_hold
 from zsad.dialogue.evidence import Evidence, RegionEvidence
-from zsad.dialogue.focus import in_context
-from zsad.dialogue.intents import Intent
-from zsad.dialogue.phrasing import either, place, places, region_brief, region_size, score_clause, top_type, typed
-from zsad.dialogue.places import reaches
-from zsad.dialogue.polarity import Polarity
-from zsad.dialogue.questions import Question, QuestionReader
-from zsad.dialogue.verdict import place_holds, regions_in, type_supported, types_hold
-from zsad.dialogue.vocabulary import DefectVocabulary
+from zsad.dialogue.understand.intents import Intent
+from zsad.dialogue.understand.places import reaches
+from zsad.dialogue.understand.polarity import Polarity
+from zsad.dialogue.understand.questions import Question, QuestionReader
+from zsad.dialogue.understand.vocabulary import DefectVocabulary
 
 CAN_ONLY_TELL = (
     "I can only tell whether there is a defect (of a type, in a place), where it is, what type it is, how many "

@@ -4,7 +4,8 @@ The detector owns the verdict; the model receives the image, the overlay (or a c
 overlay is given), the evidence as text (:meth:`Evidence.to_text`, plus the evidence's answer to a yes/no question)
 and the question, rendered with the processor's chat template, and answers greedily. The question is understood as
 the grounded responder understands it: one it cannot place is refused without running the model, and a yes/no
-answer that contradicts the evidence is replaced by the grounded one with a note (:mod:`zsad.dialogue.agreement`).
+answer that contradicts the evidence is replaced by the grounded one with a note
+(:mod:`zsad.dialogue.answer.agreement`).
 CPU-friendly settings per family (lvlm.md §4.1): SmolVLM without image splitting, Qwen2-VL with capped pixels,
 LLaVA-OneVision with a single grid.
 """
@@ -18,13 +19,12 @@ from typing import Any
 
 from PIL import Image
 
-from zsad.dialogue.agreement import Checked, check, lvlm_hint
+from zsad.dialogue.answer.agreement import Checked, check, lvlm_hint
+from zsad.dialogue.answer.grounded import GroundedResponder
 from zsad.dialogue.evidence import Evidence
-from zsad.dialogue.grounded import GroundedResponder
-from zsad.dialogue.instructions import user_text
-from zsad.dialogue.questions import Question
-from zsad.dialogue.tiny_lvlm import TINY_RANDOM, is_tiny
-from zsad.dialogue.vocabulary import DefectVocabulary
+from zsad.dialogue.lvlm.tiny.tiny_lvlm import TINY_RANDOM, is_tiny
+from zsad.dialogue.understand.questions import Question
+from zsad.dialogue.understand.vocabulary import DefectVocabulary
 from zsad.errors import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,12 @@ def region_crop(image: Image.Image, evidence: Evidence, min_fraction: float = 1 
     return image.crop((int(left), int(top), int(min(sx, left + side)), int(min(sy, top + side))))
 
 
+def user_text(hint: str | None, question: str) -> str:
+    """The text part of the user turn; training builds its dialogues with the same function
+    (:mod:`zsad.dialogue.training.instructions`)."""
+    return f"Detector evidence: {hint}\n{question}" if hint else question
+
+
 def build_messages(question: str, evidence: Evidence | None, n_images: int,
                    history: Sequence[tuple[str, str]] = (), understood: Question | None = None) -> list[dict[str, Any]]:
     """Chat messages: earlier turns as text, then images + evidence hint + question in the last user turn; with the
@@ -139,7 +145,7 @@ class LvlmResponder:
         torch_device = resolve_device(device)
         dtype = resolve_precision(precision, torch_device)
         if is_tiny(model):
-            from zsad.dialogue.tiny_lvlm import load_tiny
+            from zsad.dialogue.lvlm.tiny.tiny_lvlm import load_tiny
 
             net, processor = load_tiny(model)
             random_weights = True
@@ -156,7 +162,7 @@ class LvlmResponder:
         cpu_friendly(net, processor)
         second_view = True
         if adapter is not None:
-            from zsad.dialogue.lora import load_lora, read_lora_settings
+            from zsad.dialogue.lvlm.lora import load_lora, read_lora_settings
 
             _, config = read_lora_settings(adapter)
             if config.get("base_model") not in (None, model):
@@ -236,7 +242,7 @@ class LvlmResponder:
 
     def checked_answer(self, question: str, evidence: Evidence, *, image: Image.Image | None = None,
                        overlay: Image.Image | None = None, history: Sequence[tuple[str, str]] = ()) -> Checked:
-        """The answer for the user and what the model said (:mod:`zsad.dialogue.agreement`)."""
+        """The answer for the user and what the model said (:mod:`zsad.dialogue.answer.agreement`)."""
         understood = self.grounded.understand(question, evidence, history)
         grounded = self.grounded.reply(understood, evidence)
         if not understood.understood:

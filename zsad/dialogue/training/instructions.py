@@ -4,11 +4,13 @@ Each row holds the image and mask paths, class, canonical defect type, the hint 
 ``messages``: the user turn is an image entry + hint + question, the assistant turn the answer the ground truth
 implies. About half the rows are normal images; about 15 % of hints are dropped or corrupted (a flipped verdict
 or a wrong cell) while the answer stays true, so the model must look at the image (TGAD, arXiv 2606.01992).
-The hint is the one the LVLM gets when answering (:func:`zsad.dialogue.agreement.lvlm_hint`): the evidence, then
+The hint is the one the LVLM gets when answering (:func:`zsad.dialogue.answer.agreement.lvlm_hint`): the evidence, then
 its answer to the first question, which is always an "is there a defect?" one (a yes means "defective").
 Rows are made from one split of the dataset (the train split by default, every image of named categories) and
 keep the paraphrase templates they asked, so an evaluation can show it uses other images and other questions
-(:mod:`zsad.dialogue.overlap`).
+(:mod:`zsad.dialogue.training.overlap`). The paraphrases and answer wordings are the dialogue tables
+(:mod:`zsad.dialogue.tables`); the user turn's text is built as the LVLM responder builds it
+(:func:`zsad.dialogue.lvlm.responder.user_text`).
 """
 
 from __future__ import annotations
@@ -16,63 +18,29 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
-from zsad.dialogue.agreement import lvlm_hint
+from zsad.dialogue.answer.agreement import lvlm_hint
 from zsad.dialogue.evidence import Evidence, confidence_word, evidence_from_mask
-from zsad.dialogue.intents import Intent
-from zsad.dialogue.polarity import Polarity
-from zsad.dialogue.questions import Question
+from zsad.dialogue.lvlm.responder import user_text
+from zsad.dialogue.tables import INTENTS, DialogueTables, load_dialogue_tables
+from zsad.dialogue.understand.intents import Intent
+from zsad.dialogue.understand.polarity import Polarity
+from zsad.dialogue.understand.questions import Question
 from zsad.errors import DatasetError, UsageError
 from zsad.fileio import atomic_write_text
 from zsad.types import GRID_CELLS
 
-INTENTS: tuple[str, ...] = ("anomaly", "type", "where", "count")
 #: Which images of a dataset dialogues are made from.
 SPLITS: tuple[str, ...] = ("train", "test", "all")
-_ANSWER_KEYS = ("anomaly_no", "anomaly_yes", "anomaly_yes_many", "type_known", "type_unknown", "type_none",
-                "where_none", "where", "count_none", "count")
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
 #: How the first question of every dialogue ("anomaly" intent) is understood.
 ANOMALY_QUESTION = Question("is there a defect?", (Intent.PRESENCE,), Polarity.DEFECT)
-
-
-@dataclass(frozen=True)
-class DialogueTables:
-    """Question paraphrases per intent and answer wordings, from ``prompts/dialogue.yaml``."""
-
-    questions: dict[str, tuple[str, ...]]
-    answers: dict[str, str]
-
-    def all_phrases(self) -> list[str]:
-        return [q for qs in self.questions.values() for q in qs] + list(self.answers.values())
-
-
-def load_dialogue_tables(path: str | Path | None = None) -> DialogueTables:
-    """Read and check the paraphrase tables (every intent needs 10+ questions)."""
-    from zsad.prompts import prompts_dir
-
-    path = Path(path) if path is not None else prompts_dir() / "dialogue.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: cannot read dialogue tables ({exc})") from None
-    questions = (data or {}).get("questions") or {}
-    answers = (data or {}).get("answers") or {}
-    for intent in INTENTS:
-        found = questions.get(intent)
-        if not isinstance(found, list) or len(found) < 10 or not all(isinstance(q, str) for q in found):
-            raise UsageError(f"{path}: questions.{intent} must be a list of at least 10 strings")
-    for key in _ANSWER_KEYS:
-        if not isinstance(answers.get(key), str):
-            raise UsageError(f"{path}: answers.{key} must be a string")
-    return DialogueTables({k: tuple(questions[k]) for k in INTENTS}, {k: answers[k] for k in _ANSWER_KEYS})
 
 
 def fold_defect_type(name: str | None, vocab: dict[str, Sequence[str]] | None = None) -> str | None:
@@ -150,11 +118,6 @@ def corrupt(evidence: Evidence, rng: random.Random) -> Evidence:
     fake = RegionEvidence(cell=cell, size="small", area_fraction=0.01, bbox=(0, 0, 1, 1))
     return replace(evidence, anomalous=True, score=score, regions=(fake,),
                    confidence=confidence_word(score, evidence.threshold, True))
-
-
-def user_text(hint: str | None, question: str) -> str:
-    """The text part of the user turn; the LVLM responder builds its prompts with the same function."""
-    return f"Detector evidence: {hint}\n{question}" if hint else question
 
 
 def dialogue_row(image: str, mask: str | None, truth: Evidence, tables: DialogueTables, rng: random.Random, *,

@@ -4,7 +4,8 @@ Tests and ``--lvlm`` / ``--base`` smoke runs need the real code path of each vis
 processor, chat template, image placeholders, generate, LoRA — without weights (lvlm.md §4.2). This module names
 them (:data:`TINY_MODELS`) and builds the SmolVLM one: text hidden 64, 2 layers; vision hidden 32, 2 layers, 32 px
 images, patch 16, pixel-shuffle scale 2 -> one image token per image. The LLaVA-OneVision and Qwen2-VL ones live
-in :mod:`zsad.dialogue.tiny_llava_ov` and :mod:`zsad.dialogue.tiny_qwen2_vl`. Their answers are noise.
+in :mod:`zsad.dialogue.lvlm.tiny.tiny_llava_ov` and :mod:`zsad.dialogue.lvlm.tiny.tiny_qwen2_vl`. Their answers are
+noise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from zsad.dialogue.tiny_common import dialogue_words, finish, seeded, word_tokenizer
+from zsad.dialogue.lvlm.tiny.tiny_common import dialogue_words, finish, seeded, word_tokenizer
 
 #: The name that selects the tiny SmolVLM in ``LvlmResponder.load`` and ``--base`` / ``--lvlm``.
 TINY_RANDOM = "tiny-random"
@@ -20,8 +21,8 @@ TINY_RANDOM = "tiny-random"
 TINY_MODELS: dict[str, tuple[str, str]] = {
     TINY_RANDOM: ("SmolVLM", __name__),
     "tiny-random-smolvlm": ("SmolVLM", __name__),
-    "tiny-random-llava-onevision": ("LLaVA-OneVision", "zsad.dialogue.tiny_llava_ov"),
-    "tiny-random-qwen2-vl": ("Qwen2-VL", "zsad.dialogue.tiny_qwen2_vl"),
+    "tiny-random-llava-onevision": ("LLaVA-OneVision", "zsad.dialogue.lvlm.tiny.tiny_llava_ov"),
+    "tiny-random-qwen2-vl": ("Qwen2-VL", "zsad.dialogue.lvlm.tiny.tiny_qwen2_vl"),
 }
 IMAGE_SIZE = 32
 

@@ -1,9 +1,9 @@
 """What a question asks: its intents in order, what a yes means, the defect types and the place it is about.
 
 Steps (each table lives in its own module): tokens with contractions spelled out and typos mended
-(:mod:`~zsad.dialogue.tokens`); defect-type mentions (:mod:`~zsad.dialogue.vocabulary`); places
-(:mod:`~zsad.dialogue.places`); words that say "defective" or "good" (:mod:`~zsad.dialogue.polarity`); intent
-phrases (:mod:`~zsad.dialogue.intents`). Then:
+(:mod:`~zsad.dialogue.understand.tokens`); defect-type mentions (:mod:`~zsad.dialogue.understand.vocabulary`);
+places (:mod:`~zsad.dialogue.understand.places`); words that say "defective" or "good"
+(:mod:`~zsad.dialogue.understand.polarity`); intent phrases (:mod:`~zsad.dialogue.understand.intents`). Then:
 
 * **Presence** (a yes/no or either-or question about a defect, a type or a place) is asked by any such word,
   unless the question is a wh-question ("what colour is the sky?" asks nothing we can answer; "what about the
@@ -15,7 +15,7 @@ phrases (:mod:`~zsad.dialogue.intents`). Then:
 * **"Why"** wins over "describe" ("explain why"). A size word closing the question asks how big ("is the
   damage big?"), not before a noun ("is there a large crack?").
 * **Back-references.** "it", a place-meaning "there" ("is there a defect there?", not "is there a defect?") and
-  "that one" refer to the last region talked about; :func:`~zsad.dialogue.focus.in_context` resolves them.
+  "that one" refer to the last region talked about; :func:`~zsad.dialogue.answer.focus.in_context` resolves them.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zsad.dialogue.evidence import RegionEvidence
-from zsad.dialogue.intents import INTENT_PHRASES, NOT_A_TYPE_QUESTION_AFTER, SIZE_WORDS, Intent
-from zsad.dialogue.places import Area, find_places
-from zsad.dialogue.places import table_words as place_words
-from zsad.dialogue.polarity import Polarity, Signal, polarity, referring_nouns, word_signals
-from zsad.dialogue.polarity import table_words as polarity_words
-from zsad.dialogue.tokens import Speller, find_all, tokenize, without_fillers
-from zsad.dialogue.vocabulary import DefectVocabulary, Role, TypeMention
+from zsad.dialogue.understand.intents import INTENT_PHRASES, NOT_A_TYPE_QUESTION_AFTER, SIZE_WORDS, Intent
+from zsad.dialogue.understand.places import Area, find_places
+from zsad.dialogue.understand.places import table_words as place_words
+from zsad.dialogue.understand.polarity import Polarity, Signal, polarity, referring_nouns, word_signals
+from zsad.dialogue.understand.polarity import table_words as polarity_words
+from zsad.dialogue.understand.tokens import Speller, find_all, tokenize, without_fillers
+from zsad.dialogue.understand.vocabulary import DefectVocabulary, Role, TypeMention
 
 WH_WORDS = frozenset({"what", "which", "who", "whom", "whose", "when", "how", "why", "where"})
 NOT_EXISTENTIAL_AROUND = frozenset({"is", "are", "was", "were", "be", "n't"})

@@ -1,7 +1,7 @@
 """Reading answers back into facts, and the dialogue metrics (lvlm.md §4.6).
 
-The papers' substring test for "yes"/"no" misreads "not", "normal" and "No defect"; :func:`parse_yes_no` anchors
-on the first word, then on a few whole-clause patterns, and returns None when the answer commits to nothing.
+An answer's yes or no is read by :mod:`zsad.dialogue.answer.replies` (serving checks an LVLM's answer with it
+too); this module reads cells, types and counts and scores them.
 """
 
 from __future__ import annotations
@@ -13,20 +13,6 @@ import numpy as np
 
 from zsad.types import GRID_CELLS
 
-_NO_WORDS = {"no", "nope", "not", "none", "nothing", "false", "normal", "good", "flawless", "negative", "clean"}
-_YES_WORDS = {"yes", "yeah", "yep", "true", "anomalous", "defective", "damaged", "positive", "affirmative"}
-_NEGATIVE_CLAUSE = re.compile(
-    r"^(?:i (?:do not|don't|cannot|can't) (?:see|find)|there (?:is|are) (?:no|not any|nothing)|"
-    r"(?:the |this )?(?:\w+ )?(?:image|object|part|it)?\s*(?:is|looks|appears|seems) "
-    r"(?:to be )?(?:normal|fine|ok|okay|good|flawless|defect[- ]free|intact|not (?:defective|anomalous|damaged)))")
-_POSITIVE_CLAUSE = re.compile(
-    r"^(?:i (?:see|found|can see)|there (?:is|are) (?:an? |some |\d+ |several |two |three )?"
-    r"(?:anomal|defect|damage|flaw|scratch|crack|hole)|(?:the |this )?(?:\w+ )?(?:image|object|part|it)?\s*"
-    r"(?:is|looks|appears|seems) (?:to be )?(?:defective|anomalous|damaged|broken))")
-_FIRST_WORD = re.compile(r"[a-z]+")
-_LITERAL_YES = {"yes", "yeah", "yep", "yup"}
-_LITERAL_NO = {"no", "nope"}
-
 #: Phrases naming a cell, longest first so "top left" wins over "top" and "left".
 _CELL_PHRASES: tuple[tuple[str, str], ...] = (
     ("upper left", "top left"), ("upper right", "top right"), ("lower left", "bottom left"),
@@ -36,34 +22,6 @@ _CELL_PHRASES: tuple[tuple[str, str], ...] = (
     ("upper", "top"), ("lower", "bottom"), ("top", "top"), ("bottom", "bottom"), ("left", "left"),
     ("right", "right"), ("centre", "center"), ("center", "center"), ("middle", "center"),
 )
-
-
-def parse_yes_no(text: str) -> bool | None:
-    """True for an answer that says there is a defect, False for one that says there is none, else None."""
-    clean = text.strip().lower().lstrip(" \t\n\"'`*-:>.").replace("’", "'")
-    match = _FIRST_WORD.match(clean)
-    if match is None:
-        return None
-    first = match.group(0)
-    if first in _NO_WORDS:
-        return False
-    if first in _YES_WORDS:
-        return True
-    if _NEGATIVE_CLAUSE.match(clean):
-        return False
-    if _POSITIVE_CLAUSE.match(clean):
-        return True
-    return None
-
-
-def parse_literal_yes_no(text: str) -> bool | None:
-    """True / False when an answer opens with "yes" / "no" ("No crack found" is a no), else None: how a yes/no
-    question was answered, whatever a yes means for it."""
-    match = _FIRST_WORD.match(text.strip().lower().lstrip(" \t\n\"'`*-:>."))
-    if match is None:
-        return None
-    word = match.group(0)
-    return True if word in _LITERAL_YES else False if word in _LITERAL_NO else None
 
 
 def parse_cells(text: str) -> set[str]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from zsad.dialogue.answer.verdict import regions_in
 from zsad.dialogue.evidence import Evidence, RegionEvidence
-from zsad.dialogue.places import cell_area
-from zsad.dialogue.questions import Question, QuestionReader
-from zsad.dialogue.verdict import regions_in
+from zsad.dialogue.understand.places import cell_area
+from zsad.dialogue.understand.questions import Question, QuestionReader
 
 
 def last_region(reader: QuestionReader, history: Sequence[tuple[str, str]], ev: Evidence) -> RegionEvidence | None:

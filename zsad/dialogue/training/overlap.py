@@ -48,7 +48,8 @@ def _pattern(question: str) -> re.Pattern[str]:
 
 
 def asked_question(text: str) -> str:
-    """The question of a user turn's text, without the detector hint before it (:func:`instructions.user_text`)."""
+    """The question of a user turn's text, without the detector hint before it
+    (:func:`zsad.dialogue.lvlm.responder.user_text`)."""
     return text.strip().splitlines()[-1].strip() if text.strip() else ""
 
 
@@ -121,7 +122,7 @@ def read_record(path: str | Path) -> TrainingRecord | None:
             return read_record(path / "dialogues.jsonl")
         return None
     if path.suffix == ".jsonl":
-        from zsad.dialogue.instructions import read_jsonl
+        from zsad.dialogue.training.instructions import read_jsonl
 
         rows = read_jsonl(path)
         missing = [r["image"] for r in rows if r.get("image") and not Path(r["image"]).is_file()]

@@ -1,6 +1,6 @@
 """What a "yes" means in a yes/no question: "is it defective?" (yes = defect) or "is it OK?" (yes = good).
 
-Rules, applied to the question's tokens (:mod:`zsad.dialogue.tokens`):
+Rules, applied to the question's tokens (:mod:`zsad.dialogue.understand.tokens`):
 
 * **Signals.** Words and phrases that say "defective" (defect, damaged, broken, wrong, reject, fail, a defect
   type ...) or "good" (normal, OK, fine, flawless, acceptable, pass, free of ...). Verbs of acceptance (ship,
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from zsad.dialogue.tokens import NEGATION, find_all
+from zsad.dialogue.understand.tokens import NEGATION, find_all
 
 
 class Polarity(str, Enum):

@@ -7,7 +7,7 @@ all call these rules:
   when its own probability is at least half the most likely type's and at least twice chance (2/K over K
   types): the runner-up of a close race counts, a type at chance level does not. Mask evidence names one type
   and no probabilities: only that type is supported. With no type information at all: unknown (None).
-* **A place** holds a defect when a region's centroid cell is in it (:mod:`zsad.dialogue.places`). An image
+* **A place** holds a defect when a region's centroid cell is in it (:mod:`zsad.dialogue.understand.places`). An image
   called anomalous with no region above the threshold: unknown.
 * **The target** (a defect; of one of the asked types; in the asked place) is found when the image is
   anomalous and each asked part holds; a normal image has none.
@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from zsad.dialogue.evidence import Evidence, RegionEvidence
-from zsad.dialogue.places import Area
-from zsad.dialogue.polarity import Polarity
+from zsad.dialogue.understand.places import Area
+from zsad.dialogue.understand.polarity import Polarity
 
 TYPE_SUPPORT_RATIO = 0.5
 TYPE_SUPPORT_OVER_CHANCE = 2.0

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from zsad.dialogue.tables import load_dialogue_tables
+
 T = TypeVar("T")
 
 BASE_WORDS = (
@@ -26,8 +28,6 @@ def dialogue_words() -> list[str]:
     """The base words and every word of the dialogue paraphrase tables, sorted."""
     words = set(BASE_WORDS.split())
     try:
-        from zsad.dialogue.instructions import load_dialogue_tables
-
         for phrases in load_dialogue_tables().all_phrases():
             words.update(re.findall(r"\w+|[^\w\s]", phrases.lower()))
             words.update(re.findall(r"\w+|[^\w\s]", phrases))
