@@ -33,11 +33,10 @@ def main() -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from zsad.cli.demo import load_demo_module
+    from zsad.demo import DemoApp, DemoConfig
 
-    demo = load_demo_module()
-    app = demo.DemoApp(demo.DemoConfig(backbone=args.backbone, image_size=args.image_size, class_name="fabric",
-                                       threshold=args.threshold))
+    app = DemoApp(DemoConfig(backbone=args.backbone, image_size=args.image_size, class_name="fabric",
+                             threshold=args.threshold))
     app.warm_up()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

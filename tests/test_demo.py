@@ -12,9 +12,9 @@ from zsad.errors import AdapterError, UsageError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def demo():
-    from zsad.cli.demo import load_demo_module
+    import zsad.demo
 
-    return load_demo_module()
+    return zsad.demo
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +46,23 @@ def defect_png(tmp_path):
     ("CON.png", "_CON.png"),
     ("a\x00b\nc.png", "a_b_c.png"),
 ])
-def test_safe_name(demo, raw, expected):
-    assert demo.safe_name(raw) == expected
+def test_safe_name(raw, expected):
+    from zsad.demo.names import safe_name
+
+    assert safe_name(raw) == expected
 
 
-def test_safe_name_bounds_length_and_keeps_extension(demo):
-    name = demo.safe_name("x" * 500 + ".png")
+def test_safe_name_bounds_length_and_keeps_extension():
+    from zsad.demo.names import safe_name
+
+    name = safe_name("x" * 500 + ".png")
     assert len(name) <= 80 and name.endswith(".png")
 
 
-def test_unique_names(demo):
-    assert demo.unique_names(["a.png", "A.png", "dir/a.png", "b"]) == ["a.png", "A-2.png", "a-3.png", "b"]
+def test_unique_names():
+    from zsad.demo.names import unique_names
+
+    assert unique_names(["a.png", "A.png", "dir/a.png", "b"]) == ["a.png", "A-2.png", "a-3.png", "b"]
 
 
 def test_scores_uploads_and_samples(app, defect_png):
@@ -149,8 +155,10 @@ def test_threshold_out_of_range(app, defect_png):
         app.analyse([str(defect_png)], [], "", "clip", None, 1.5)
 
 
-def test_page_shows_messages_not_tracebacks(demo):
+def test_page_shows_messages_not_tracebacks():
     import gradio as gr
+
+    from zsad.demo.page import on_page
 
     def user_mistake():
         raise UsageError("too many images: 40 given, at most 32 per run")
@@ -159,9 +167,9 @@ def test_page_shows_messages_not_tracebacks(demo):
         raise KeyError("internal detail")
 
     with pytest.raises(gr.Error, match="too many images"):
-        demo._on_page(user_mistake)()
+        on_page(user_mistake)()
     with pytest.raises(gr.Error) as info:
-        demo._on_page(bug)()
+        on_page(bug)()
     assert "internal detail" not in str(info.value) and "server log" in str(info.value)
 
 
@@ -181,7 +189,7 @@ def test_detector_cache_is_bounded(demo):
         first = app.detector("clip", "a")
         app.detector("clip", "b")
         app.detector("clip", "c")
-        assert len(app._detectors) == 2 and app.detector("clip", "a") is not first
+        assert len(app.models.detectors) == 2 and app.detector("clip", "a") is not first
     finally:
         app.close()
 
@@ -250,7 +258,7 @@ def test_chat_through_a_configured_lvlm(demo, defect_png):
         app.select(session, 0)
         messages = app.ask(session, "where is the defect?")
         assert messages[-1]["role"] == "assistant" and messages[-1]["content"].strip()
-        assert app._responder is not None and app._responder.name == "lvlm:tiny-random"
+        assert app.chat.responder is not None and app.chat.responder.name == "lvlm:tiny-random"
     finally:
         app.close()
 

@@ -16,10 +16,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy ke
 
 @pytest.fixture
 def served(tmp_path, loopback_port):
-    from zsad.cli.demo import load_demo_module
+    from zsad.demo import DemoApp, DemoConfig
 
-    demo = load_demo_module()
-    app = demo.DemoApp(demo.DemoConfig(backbone="tiny-random", image_size=112, device="cpu", precision="fp32"))
+    app = DemoApp(DemoConfig(backbone="tiny-random", image_size=112, device="cpu", precision="fp32"))
     try:
         app.warm_up()
         port = loopback_port
@@ -54,4 +53,4 @@ def test_concurrent_scoring_requests(served, tmp_path):
         assert len(gallery) == 1 and csv_path.endswith(".csv") and "1** image(s) scored" in status
         scores.setdefault(i % len(images), set()).add(row[1])
     assert all(len(s) == 1 for s in scores.values())  # the shared model gives every visitor the same answer
-    assert list(app._detectors) == [("auto", "", None), ("clip", "fabric", None)]  # built once, then shared
+    assert list(app.models.detectors) == [("auto", "", None), ("clip", "fabric", None)]  # built once, then shared

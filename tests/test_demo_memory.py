@@ -17,9 +17,10 @@ from zsad.errors import UsageError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def demo_modules():
-    from zsad.cli.demo import load_demo_module
+    import zsad.demo
+    from zsad.demo import kept, memory, sessions
 
-    return {name: load_demo_module(name) for name in ("app", "sessions", "memory", "kept")}
+    return {"app": zsad.demo, "sessions": sessions, "memory": memory, "kept": kept}
 
 
 class FakeSession:

@@ -16,15 +16,16 @@ def test_wheel_ships_prompt_banks(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for bank in ("states.yaml", "templates.yaml", "defects.yaml", "dialogue.yaml"):
         assert f"zsad/_data/prompts/{bank}" in names
-    # the demo app and samples (zsad demo runs from a wheel) and the adapter recipes ship too
-    assert "zsad/_data/demo/app.py" in names and any(n.startswith("zsad/_data/demo/samples/") for n in names)
+    # the demo app (the package zsad.demo) and its samples (zsad demo runs from a wheel) and the adapter recipes too
+    assert "zsad/demo/app.py" in names and "zsad/demo/page.py" in names
+    assert any(n.startswith("zsad/_data/demo/samples/") for n in names)
     assert "zsad/_data/adapters/README.md" in names
     assert any(n.startswith("zsad/_data/adapters/recipes/") for n in names)
     # installed from the wheel (unpacked elsewhere), the package finds its own copy, not the repository's
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    probe = ("import zsad.prompts as p, zsad.resources as r; print(p.prompts_dir()); "
-             "print(r.data_dir('demo', 'app.py'))")
+    probe = ("import zsad.prompts as p, zsad.resources as r, zsad.demo.uploads as u; print(p.prompts_dir()); "
+             "print(r.data_dir('demo', u.SAMPLES_MARKER))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(target), "PATH": ""}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,39 +1,13 @@
-"""``zsad demo``: serve the gradio web demo (``demo/``, shipped as ``zsad/_data/demo/``)."""
+"""``zsad demo``: serve the gradio web demo (:mod:`zsad.demo`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.machinery
-import importlib.util
 import logging
 import sys
-from types import ModuleType
 
 from zsad.cli.options import add_model_options, warn_random_weights
 from zsad.errors import UsageError
-
-DEMO_PACKAGE = "zsad_demo"  # the bundled demo/ folder, imported by path
-
-
-def load_demo_module(name: str = "app") -> ModuleType:
-    """Import a module of the bundled ``demo/`` folder by file path (``demo`` is data, not a package: the name is
-    taken on PyPI). The folder is imported as package ``zsad_demo``, so its modules import each other relatively."""
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UsageError("the demo needs gradio: pip install 'zsad[demo]'") from None
-    from zsad.resources import data_dir
-
-    try:
-        folder = data_dir("demo", "app.py")
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    if DEMO_PACKAGE not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(DEMO_PACKAGE, None, is_package=True)
-        spec.submodule_search_locations = [str(folder)]
-        sys.modules[DEMO_PACKAGE] = importlib.util.module_from_spec(spec)
-    return importlib.import_module(f"{DEMO_PACKAGE}.{name}")
 
 
 def add_parser(sub) -> None:
@@ -62,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--lvlm-adapter needs --lvlm MODEL")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    module = load_demo_module()
-    config = module.DemoConfig(
+    from zsad.demo import DemoApp, DemoConfig, page
+    from zsad.demo.memory import limit_malloc_arenas
+
+    page.gradio()  # a missing extra is a message before the model loads
+    config = DemoConfig(
         backbone=args.backbone, image_size=args.image_size, device=args.device, precision=args.precision,
         activation=args.activation,
         batch_size=args.batch_size, cache_dir=args.cache_dir, prompts=args.prompts,
@@ -73,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         max_memory_gb=args.max_memory_gb,
     )
     # a server process: fewer malloc arenas keep freed maps from staying resident across worker threads
-    load_demo_module("memory").limit_malloc_arenas()
+    limit_malloc_arenas()
     logging.getLogger("zsad.demo").setLevel(logging.INFO)  # its health line every N requests
-    app = module.DemoApp(config)
+    app = DemoApp(config)
     try:
         app.warm_up()
         warn_random_weights(app, args.backbone)  # the app knows it once the backbone is loaded

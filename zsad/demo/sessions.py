@@ -4,18 +4,25 @@ A page's ``gr.State`` holds only a session id; the session itself (kept results,
 here. Beyond ``max_sessions`` the least recently used session is evicted; a session idle for ``ttl_s`` expires; the
 memory budget may evict idle sessions to make room for new work. Closing a session removes its folder. A visitor
 whose session is gone is told to score again (:class:`SessionExpired`).
+
+:class:`Session` is what the demo keeps per visitor: the :class:`Item` of each image of the last run (its kept
+result, or why it could not be scored), the view shown now, and the chats.
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
+from zsad.demo.kept import KeptImage
+from zsad.demo.view import View
 from zsad.errors import UsageError
 
 EXPIRED_MESSAGE = "your session expired, score again"
@@ -152,3 +159,58 @@ class SessionStore:
 def _close(sessions: list[Closable]) -> None:
     for session in sessions:
         session.close()
+
+
+# ------------------------------------------------------------------------------------------------ one visitor
+
+
+@dataclass
+class Item:
+    """One image of a run: its safe display name, and what the session keeps of its result, or its error."""
+
+    name: str
+    kept: KeptImage | None = None
+    error: str | None = None
+
+
+@dataclass
+class Session:
+    """One visitor's last run, kept by the :class:`SessionStore`; the page's state holds its id."""
+
+    items: list[Item]
+    class_name: str
+    method: str
+    folder: Path  # this session's files (raw maps, overlays, CSV); removed when the session ends
+    threshold: float
+    seconds: float = 0.0
+    selected: int = 0
+    view: View | None = None  # what the page shows now (drawn at ``threshold``)
+    chats: dict[int, Any] = field(default_factory=dict)  # image index -> zsad.dialogue.Conversation
+    messages: dict[int, list[dict[str, str]]] = field(default_factory=dict)
+    render_count: int = 0
+    closed: bool = False  # evicted, expired or replaced: its folder is gone
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held while a request uses it
+
+    def scored(self) -> list[Item]:
+        return [item for item in self.items if item.kept is not None]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: the kept pictures and maps, and the pictures an LVLM conversation holds."""
+        kept = sum(item.kept.nbytes for item in self.items if item.kept is not None)
+        chats = sum(_picture_bytes(c.image) + _picture_bytes(c.overlay) for c in list(self.chats.values()))
+        return kept + chats + 1024 * len(self.items)
+
+    def busy(self) -> bool:
+        return self.lock.locked()
+
+    def close(self) -> None:
+        """Forget the results and remove the folder (waits for a request using it to finish)."""
+        with self.lock:
+            self.closed = True
+            self.chats.clear()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _picture_bytes(picture: Any) -> int:
+    return 0 if picture is None else picture.width * picture.height * len(picture.getbands())
