@@ -110,6 +110,23 @@ def test_rethreshold_does_not_rescore(app, defect_png, monkeypatch):
     assert len(list(session.folder.glob("view-*"))) == 1  # old renders are removed
 
 
+def test_scoring_shows_the_runners_decision_without_deciding_again(app, defect_png, monkeypatch):
+    from zsad.demo import service
+
+    def boom(*_args, **_kwargs):
+        raise AssertionError("the first view must be drawn from the runner's decisions")
+
+    sample = next(iter(app.samples))
+    with monkeypatch.context() as patch:
+        patch.setattr(service, "decide", boom)
+        session = app.analyse([str(defect_png)], [sample], "fabric", "clip", None, 0.3)
+    first = session.view
+    assert [row[0] for row in first.rows] == ["part.png", sample] and len(first.gallery) == 2
+    assert "at threshold 0.30" in first.status and first.csv_path.startswith(str(session.folder))
+    again = app.render(session, 0.3)  # the slider decides again from the kept maps: the same view
+    assert again.rows == first.rows and [c for _, c in again.gallery] == [c for _, c in first.gallery]
+
+
 def test_bad_files_become_rows_and_the_rest_is_scored(app, defect_png, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
