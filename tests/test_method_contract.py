@@ -21,8 +21,8 @@ from zsad.methods import list_methods, method_class
 SIZE = 56  # 4 x 4 patches on the tiny backbone
 PATCH = 14
 METHODS = list_methods()
-INDEPENDENT = [m for m in METHODS if not method_class(m).transductive]
-TRANSDUCTIVE = [m for m in METHODS if method_class(m).transductive]
+INDEPENDENT = [m for m in METHODS if not method_class(m).joint_from]
+TRANSDUCTIVE = [m for m in METHODS if method_class(m).joint_from]
 # (width, height): landscape, portrait, square, odd sizes, smaller and larger than the input size
 SIZES = [(97, 61), (40, 90), (56, 56), (31, 23), (150, 77), (64, 200)]
 

@@ -50,7 +50,7 @@ def test_permuting_images_permutes_results(musc, textures):
 
 
 def test_fewer_than_five_images_is_a_clear_error(musc, textures):
-    with pytest.raises(BatchTooSmallError, match="at least 5 images.*--method clip"):
+    with pytest.raises(BatchTooSmallError, match="at least 5 images.*'clip'"):
         musc.score([s.image for s in textures[:4]])
 
 

@@ -32,6 +32,16 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_GOOD_QUANTILE = 0.99
 
 
+def check_unit(value: float, what: str, *, just_above_one: bool = False) -> float:
+    """The one range check of thresholds and quantiles: ``value`` must be a finite number in [0, 1] (with
+    ``just_above_one``, also the float just above 1: a threshold that flags nothing); otherwise a
+    :class:`UsageError` naming ``what``."""
+    top = np.nextafter(1.0, 2.0) if just_above_one else 1.0
+    if not (np.isfinite(value) and 0.0 <= value <= top):
+        raise UsageError(f"{what} must be in [0, 1], got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """``label = score >= image``; ``mask = map >= pixel`` (``pixel`` None: the image threshold)."""
@@ -42,8 +52,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         for name in ("image", "pixel"):
             value = getattr(self, name)
-            if value is not None and not (np.isfinite(value) and 0.0 <= value <= np.nextafter(1.0, 2.0)):
-                raise UsageError(f"{name} threshold must be in [0, 1], got {value}")
+            if value is not None:
+                check_unit(value, f"{name} threshold", just_above_one=True)
 
     @property
     def for_pixels(self) -> float:
@@ -102,8 +112,7 @@ def thresholds_from_good(good: Sequence[RawOutput | AnomalyResult],
 
     A good image whose score or map holds NaN or inf is left out with a warning; if all do, :class:`UsageError`.
     """
-    if not 0.0 <= quantile <= 1.0:
-        raise UsageError(f"quantile must be in [0, 1], got {quantile}")
+    check_unit(quantile, "the good-image quantile")
     raws = [g.raw if isinstance(g, AnomalyResult) and g.raw is not None else g for g in good]
     if not raws:
         raise UsageError("a threshold from good images needs at least one known-good image")

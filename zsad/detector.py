@@ -10,10 +10,12 @@ from collections.abc import Iterable, Iterator
 import torch
 from PIL import Image
 
-from zsad.backbones import DEFAULT_BACKBONE, BackboneSpec, ClipBackbone, load_backbone
+from zsad.backbones import DEFAULT_BACKBONE, BackboneSpec, load_backbone, parse_backbone_name
+from zsad.backbones.base import Backbone
+from zsad.backbones.timm import vision_only_message
 from zsad.decisions import DEFAULT_GOOD_QUANTILE, DEFAULT_THRESHOLD, Thresholds
 from zsad.errors import ImageError, UsageError
-from zsad.methods import method_class
+from zsad.methods import DEFAULT_METHOD, method_class
 from zsad.methods.base import Method
 from zsad.runtime import resolve_device, resolve_precision
 from zsad.types import AnomalyResult
@@ -97,9 +99,9 @@ class Detector:
 
 
 def create(
-    method: str = "clip",
+    method: str = DEFAULT_METHOD,
     *,
-    backbone: str | ClipBackbone = DEFAULT_BACKBONE,
+    backbone: str | Backbone = DEFAULT_BACKBONE,
     device: str | torch.device = "auto",
     precision: str = "auto",
     image_size: int = 518,
@@ -114,79 +116,126 @@ def create(
     export: str | os.PathLike | None = None,
     **method_options,
 ) -> Detector:
-    """Build a detector. ``method_options`` are fields of the method's config dataclass (e.g. ``prompts=``).
+    """Build a detector: THE one place a method is built (the command line, ``evaluate``, ``export``, the demo
+    and ``ask`` all call it). ``method_options`` are fields of the method's config dataclass (e.g. ``prompts=``).
 
-    ``backbone`` is a name, or an already loaded :class:`ClipBackbone` to share between detectors (the demo keeps
-    one per process); a shared backbone keeps its device, input size and weights (``device``/``image_size`` are
-    ignored; a method needing another activation gets a view sharing the weights).
+    ``backbone`` is a name (``zsad models``), or an already loaded :class:`~zsad.backbones.base.Backbone` (CLIP,
+    timm or an export opened by :func:`zsad.backbones.onnx.open_export`) to share between detectors: a loaded
+    backbone keeps its device, input size and weights (``device``/``image_size`` are ignored; a method needing
+    another activation gets a view sharing the weights).
     ``threshold`` is the default decision threshold (image scores and map values); see :mod:`zsad.decisions`.
     ``activation`` is the backbone's MLP activation, ``gelu`` or ``quick_gelu``; ``auto`` (default) is what the
     method's published code used (:func:`resolve_activation`). ``detector.backbone.activation`` says which ran.
     ``references`` (known-good images: paths or PIL) score every image against them instead
-    (:mod:`zsad.methods.reference`; ``method`` then only says whether batches are joint: musc, auto).
-    ``runtime="onnx"`` (or ``"onnx-int8"``) with ``export=DIR`` (made by ``zsad export``) runs the backbone
-    forward on ONNX Runtime from that folder, needing no PyTorch weights (:mod:`zsad.export.runtime`); with
-    ``references`` the folder must be a ``musc`` export (reference scoring uses MuSc's patch tokens).
+    (:mod:`zsad.methods.reference`; ``method`` then only says whether groups are scored jointly: musc, auto).
+    ``runtime="onnx"`` (or ``"onnx-int8"``) with ``export=DIR`` (made by ``zsad export``) opens that folder as
+    the backbone: the forward runs on ONNX Runtime, needing no PyTorch weights; with ``references`` the folder
+    must be a ``musc`` export (reference scoring uses MuSc's patch tokens).
     """
-    thresholds = Thresholds(threshold)
     if image_size < 14:
         raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
-    if runtime != "torch" or export is not None:
-        from zsad.export.runtime import create_onnx_method, create_onnx_reference_method
-
-        if references is not None:
-            scorer = create_onnx_reference_method(method, export, list(references), runtime=runtime,
-                                                  backbone=backbone, device=device, precision=precision,
-                                                  image_size=image_size, activation=activation,
-                                                  batch_size=batch_size, **method_options)
-            return Detector(scorer, batch_size=batch_size, thresholds=thresholds)
-        onnx_method, only_class = create_onnx_method(method, export, runtime=runtime, backbone=backbone,
-                                                     device=device, precision=precision, image_size=image_size,
-                                                     activation=activation, **method_options)
-        detector = Detector(onnx_method, batch_size=batch_size, thresholds=thresholds)
-        detector.setup(class_name if class_name is not None else only_class)
-        return detector
-    cls = method_class(method)
+    base = method_class(method)
+    scoring = base
     if references is not None:
-        from zsad.methods.reference import reference_method
+        from zsad.methods.reference import ReferenceMethod
 
-        return Detector(reference_method(method, list(references), backbone=backbone, device=device,
-                                         precision=precision, image_size=image_size, batch_size=batch_size,
-                                         cache_dir=cache_dir, warn_random=warn_random, activation=activation,
-                                         **method_options), batch_size=batch_size, thresholds=thresholds)
-    if isinstance(backbone, str) and getattr(cls, "needs_text", True):
-        from zsad.backbones import parse_backbone_name
+        scoring = ReferenceMethod
+        method_options = {"batch_size": batch_size, **method_options}
+    exported = runtime != "torch" or export is not None
+    if exported:
+        _check_runtime(runtime, export, backbone, precision)
+        from zsad.backbones.export_folder import read_manifest
 
-        if parse_backbone_name(backbone).vision_only:
-            from zsad.backbones.timm import vision_only_message
+        folder, manifest = read_manifest(export)
+        method_options = _export_options(scoring, base, folder, manifest, method_options, backbone=backbone,
+                                         image_size=image_size, activation=activation)
+    elif isinstance(backbone, Backbone) and backbone.export is not None:  # an opened export, shared
+        folder, manifest = backbone.export.path, backbone.export.manifest
+        method_options = _export_options(scoring, base, folder, manifest, method_options, backbone=manifest.backbone,
+                                         image_size=manifest.image_size, activation=activation)
+    config = scoring.make_config(method_options)  # every option is checked here, before any weights load
+    if exported:
+        from zsad.backbones.onnx import open_export
 
-            raise UsageError(vision_only_message(method, backbone))
-    torch_device = backbone.device if isinstance(backbone, ClipBackbone) else resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
-    config_cls = cls.config_class
-    config = None
-    if config_cls is not None:
-        known = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(method_options) - known)
-        if unknown:
-            raise UsageError(f"method '{method}' has no option(s) {unknown}; options: {sorted(known)}")
-        config = config_cls(**method_options)
-    elif method_options:
-        raise UsageError(f"method '{method}' takes no options, got {sorted(method_options)}")
-    if isinstance(backbone, ClipBackbone):
-        if backbone.pos_interpolation != cls.pos_interpolation:
-            raise UsageError(f"method '{method}' needs position embeddings resized {cls.pos_interpolation}ly, the "
-                             f"shared backbone's were resized {backbone.pos_interpolation}ly; load one per mode")
-        bb = backbone.with_activation(cls.activation_for(activation, backbone.spec, backbone.image_size,
-                                                         cache_dir=cache_dir))
-    else:
-        act = cls.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
-        bb = load_backbone(backbone, image_size=image_size, device=torch_device, cache_dir=cache_dir,
-                           pos_interpolation=cls.pos_interpolation, activation=act, warn_random=warn_random)
-    kwargs = {"config": config} if config is not None else {}
-    detector = Detector(cls(bb, dtype=dtype, **kwargs), batch_size=batch_size, thresholds=thresholds)
-    detector.setup(class_name)
+        backbone = open_export(folder, runtime, device=device)
+    bb = backbone_for(scoring, backbone, image_size=image_size, device=device, activation=activation,
+                      cache_dir=cache_dir, warn_random=warn_random)
+    dtype = torch.float32 if bb.export is not None else resolve_precision(precision, bb.device)
+    extra = {"base": base} if references is not None else {}
+    built = scoring(bb, dtype=dtype, **({"config": config} if config is not None else {}), **extra)
+    if class_name is None and bb.export is not None:
+        class_name = bb.export.only_class
+    built.setup(class_name)  # before the dry run: an export holds the text of its class names only
+    if bb.export is not None:
+        with bb.dry_run(), torch.inference_mode():  # the method's backbone call is checked against the export now
+            built.extract(torch.zeros(1, 3, bb.image_size, bb.image_size))
+    if references is not None:
+        built.set_references(list(references))
+    detector = Detector(built, batch_size=batch_size, thresholds=Thresholds(threshold))
     return detector
+
+
+def backbone_for(method: str | type[Method], backbone: str | Backbone = DEFAULT_BACKBONE, *, image_size: int = 518,
+                 device: str | torch.device = "auto", activation: str = "auto", cache_dir: str | None = None,
+                 warn_random: bool = True) -> Backbone:
+    """The backbone ``method`` runs on: a name loaded with the method's position-embedding resize and activation
+    (:meth:`Method.activation_for`), or a loaded backbone as it is or as a view with that activation sharing its
+    weights. A method that needs text refuses a vision-only backbone here, before any weights load. ``create``
+    calls it; so does ``zsad export``, which records the text the method embeds on the backbone it gets."""
+    cls = method_class(method) if isinstance(method, str) else method
+    if isinstance(backbone, str):
+        if cls.needs_text and parse_backbone_name(backbone).vision_only:
+            raise UsageError(vision_only_message(cls.name, backbone))
+        act = cls.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
+        return load_backbone(backbone, image_size=image_size, device=resolve_device(device), cache_dir=cache_dir,
+                             pos_interpolation=cls.pos_interpolation, activation=act, warn_random=warn_random)
+    if cls.needs_text and not backbone.has_text:
+        raise UsageError(vision_only_message(cls.name, backbone.spec.name))
+    if backbone.export is not None:  # an export runs what it was traced with (checked against the request)
+        return backbone
+    if backbone.pos_interpolation != cls.pos_interpolation:
+        raise UsageError(f"method '{cls.name}' needs position embeddings resized {cls.pos_interpolation}ly, "
+                         f"the shared backbone's were resized {backbone.pos_interpolation}ly; load one per mode")
+    return backbone.with_activation(cls.activation_for(activation, backbone.spec, backbone.image_size,
+                                                       cache_dir=cache_dir))
+
+
+def _check_runtime(runtime: str, export, backbone, precision: str) -> None:
+    """Arguments an ONNX runtime cannot take are refused before anything is read."""
+    from zsad.backbones.export_folder import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)})")
+    if export is None:
+        raise UsageError(f"runtime '{runtime}' scores from an export folder: pass export=DIR (--export DIR), made "
+                         f"with `zsad export`")
+    if not isinstance(backbone, str):
+        raise UsageError("with an ONNX runtime, backbone must be the name the export was made for, not a model")
+    if precision not in ("auto", "fp32"):
+        raise UsageError(f"precision '{precision}' does not apply to an ONNX export: runtime 'onnx' runs fp32, "
+                         f"'onnx-int8' the int8 graph")
+
+
+def _export_options(scoring: type[Method], base: type[Method], folder, manifest, options: dict, *, backbone: str,
+                    image_size: int, activation: str) -> dict:
+    """The method options of a detector scoring from an export: the export's own, overridden by those given; an
+    export made for something else than asked is refused (:func:`~zsad.backbones.export_folder.check_request`)."""
+    from zsad.backbones.export_folder import PROMPTS, check_request
+
+    feature_method = scoring.feature_method or base.name
+    if manifest.method != feature_method and scoring is not base:
+        raise UsageError(f"export {folder} was made for method {manifest.method!r}; scoring against references uses "
+                         f"{feature_method}'s patch tokens: export with method {feature_method!r}")
+    options = dict(options)
+    check_request(manifest, method=feature_method, backbone=backbone, image_size=image_size, activation=activation,
+                  adapter=options.pop("adapter", None), where=str(folder))
+    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest.options.items() if k != "adapter"}
+    if "prompts" in stored:
+        stored["prompts"] = str(folder / PROMPTS)
+    if scoring is not base:  # references: only the export's feature settings carry over
+        known = {f.name for f in dataclasses.fields(scoring.config_class)}
+        stored = {k: v for k, v in stored.items() if k in known}
+    return {**stored, **options}
 
 
 def resolve_activation(method: str | type[Method], backbone: str | BackboneSpec, image_size: int,

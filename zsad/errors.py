@@ -38,7 +38,18 @@ class AdapterError(ZsadError):
 
 
 class BatchTooSmallError(UsageError):
-    """A transductive method got fewer images than it needs."""
+    """A group has fewer images than its method scores (``Method.min_batch``): the one "too few images" error,
+    raised by the runner. The command line adds which flag to change."""
+
+    def __init__(self, method: str, needed: int, got: int) -> None:
+        self.method = method
+        self.needed = needed
+        self.got = got
+        #: what is wrong, without the advice (the command line gives its own)
+        self.problem = (f"method '{method}' scores images against each other and needs at least {needed} images of "
+                        f"one group, got {got}")
+        super().__init__(f"{self.problem}; score fewer images with a method that scores each image on its own, such "
+                         f"as 'clip'")
 
 
 class ScoreError(ZsadError):

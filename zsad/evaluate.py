@@ -137,12 +137,12 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
 
 
 def _activation(config: EvaluateConfig) -> str:
-    if config.reference_shots:  # scored against references: MuSc's features, so MuSc's activation
-        from zsad.methods.reference.build import reference_activation
-
-        return reference_activation(config.activation, config.backbone, config.image_size)
     from zsad.detector import resolve_activation
 
+    if config.reference_shots:  # scored against references: MuSc's features, so MuSc's activation
+        from zsad.methods.reference import ReferenceMethod
+
+        return resolve_activation(ReferenceMethod, config.backbone, config.image_size, config.activation)
     return resolve_activation(config.method, config.backbone, config.image_size, config.activation)
 
 

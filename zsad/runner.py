@@ -6,8 +6,10 @@ groups, good images and resume:
 
 - **Identity.** An input's identity (``Source.key``) is its resolved real path; the path as the user spelled it is
   kept for rows. Keys in ``done`` (a resumed run's finished rows, scored or failed) are never reported again.
-- **Joint or independent, decided once** (:meth:`Runner.run`): transductive methods (musc, auto) score each group
-  jointly — features chunk by chunk, then one joint pass — and independent ones (clip, anomalyclip) chunk by chunk.
+- **Joint or independent, decided here and only here**: methods that may score jointly (musc, auto, references
+  joining) have each group's features extracted chunk by chunk, then :meth:`Method.mode` of the group's size says
+  joint (one joint pass), independent (e.g. ``auto`` with fewer than 5 images: clip alone) or too few (the one
+  :class:`~zsad.errors.BatchTooSmallError`); independent methods (clip, anomalyclip) stream chunk by chunk.
 - **Groups.** ``group_by="folder"`` groups by the real parent folder, so two inputs' same-named subfolders never mix.
 - **Good images** (:class:`GoodImages`) set the thresholds: scored once for independent methods, joined to every
   group for transductive ones (whose scores are batch-relative); a good image that is also an input joins once.
@@ -32,10 +34,10 @@ import numpy as np
 from PIL import Image
 
 from zsad.data.images import DEFAULT_MAX_PIXELS, InputImage, discover_images, load_image
-from zsad.decisions import GoodThresholds, Thresholds, decide, thresholds_from_good
+from zsad.decisions import GoodThresholds, Thresholds, check_unit, decide, thresholds_from_good
 from zsad.distributed import Dist, assign_groups, balanced_slices
 from zsad.errors import BatchTooSmallError, ImageError, ScoreError, UsageError
-from zsad.methods.base import Share
+from zsad.methods.base import JOINT, Share
 from zsad.types import AnomalyResult, RawOutput
 
 log = logging.getLogger(__name__)
@@ -194,8 +196,7 @@ class GoodImages:
     kept and join every group (see :meth:`Runner.run`)."""
 
     def __init__(self, runner: Runner, sources: Sequence[Source], quantile: float) -> None:
-        if not 0.0 <= quantile <= 1.0:
-            raise UsageError(f"the good-image quantile must be in [0, 1], got {quantile}")
+        check_unit(quantile, "the good-image quantile")
         self.quantile = quantile
         self.images: list[Image.Image] = []
         self.keys: list[str] = []
@@ -298,7 +299,7 @@ class Runner:
             return
         for name, group in groups:
             if self.transductive:
-                yield from self._joint(name, group, done, several, tick)
+                yield from self._group(name, group, done, several, tick)
             else:
                 yield from self._independent([s for s in group if s.key not in done], tick)
 
@@ -310,19 +311,20 @@ class Runner:
             yield from self._independent(pending[balanced_slices(len(pending), world)[rank]], tick)
             return
         if self.good is not None:
-            raise UsageError("good images (--threshold-from) with a batch-relative method are not supported across "
-                             "several processes yet; run them in one process, or use --method clip")
+            raise UsageError(f"good images for thresholds with method '{self.method.name}', which scores images "
+                             f"relative to their group, are not supported across several processes yet; run them "
+                             f"in one process, or use a method that scores images on their own (clip)")
         if len(groups) >= world:
             owners = assign_groups([len(group) for _, group in groups], world)
             for (name, group), owner in zip(groups, owners):
                 if owner == rank:
-                    yield from self._joint(name, group, done, several, tick)
+                    yield from self._group(name, group, done, several, tick)
             return
         for name, group in groups:
-            yield from self._joint_across(name, group[balanced_slices(len(group), world)[rank]], done, several,
+            yield from self._group_across(name, group[balanced_slices(len(group), world)[rank]], done, several,
                                           tick, dist)
 
-    def _joint_across(self, name: str, mine: Sequence[Source], done: Container[str], several: bool,
+    def _group_across(self, name: str, mine: Sequence[Source], done: Container[str], several: bool,
                       tick: Callable[[int], None], dist: Dist) -> Iterator[Outcome]:
         """A group scored by all ranks together; this rank holds the slice ``mine``."""
         store = _ImageStore(self.image_budget_bytes if self.keep_images else 0)
@@ -330,14 +332,17 @@ class Runner:
             loaded = self._load_group(mine, done, tick, store)
             yield from loaded.errors
             counts = tuple(dist.all_gather_object(len(loaded.kept), "counting a group's images"))
-            problem = self._too_small(sum(counts))
-            if problem is not None:
+            mode = self.method.mode(sum(counts), spread=True)
+            if mode is None:
                 if not several:
-                    raise BatchTooSmallError(problem)
-                yield from self._small_group_errors(name, loaded.kept, done, problem)
+                    raise self._too_few(sum(counts))
+                yield from self._small_group_errors(name, loaded.kept, done, str(self._too_few(sum(counts))))
                 return
             features = self.method.combine(loaded.chunks) if loaded.chunks else None
-            raws = self.method.raw_across(features, loaded.sizes, Share(dist, counts))
+            if mode == JOINT:
+                raws = self.method.raw_across(features, loaded.sizes, Share(dist, counts))
+            else:  # each rank scores its own images on their own: no collective
+                raws = self.method.raw(features, loaded.sizes) if features is not None else iter(())
             if not loaded.kept:
                 for _ in raws:  # take part in the group's collectives
                     pass
@@ -370,11 +375,10 @@ class Runner:
             tick(sum(1 for s in chunk if s.key not in done))
         return loaded
 
-    def _too_small(self, n: int) -> str | None:
-        if n >= self.method.min_batch:
-            return None
-        return (f"method '{self.method.name}' scores images against each other and needs at least "
-                f"{self.method.min_batch} images of one category, got {n}; use --method clip for fewer images")
+    def _too_few(self, n: int) -> BatchTooSmallError:
+        """The group's method scores no group of ``n`` images (its :meth:`~zsad.methods.base.Method.mode` said
+        None)."""
+        return BatchTooSmallError(self.method.name, self.method.min_batch, n)
 
     @staticmethod
     def _small_group_errors(name: str, kept: Sequence[Source], done: Container[str], problem: str) -> Iterator[Outcome]:
@@ -397,12 +401,19 @@ class Runner:
                 for (source, image), raw in zip(loaded, raws):
                     yield self._decided(source, raw, thresholds, image)
 
-    def _joint(self, name: str, group: Sequence[Source], done: Container[str], several: bool,
+    def _group(self, name: str, group: Sequence[Source], done: Container[str], several: bool,
                tick: Callable[[int], None]) -> Iterator[Outcome]:
-        """One group scored jointly: finished sources still join the batch (scores are joint) but are not reported."""
+        """One group of a method that may score jointly: features of the whole group first, then its mode. Finished
+        sources still join the group (scores may be joint) but are not reported."""
         joined = self.good.joining(self, {s.key for s in group}) if self.good else None
         if joined and joined.shared:  # good images among the inputs first: their raw outputs set the thresholds
             group = sorted(group, key=lambda s: s.key not in joined.shared)
+        at_most = len(group) + (len(joined.sizes) if joined else 0)
+        if self.method.mode(at_most) is None:  # too few even if every file reads: refuse before any model work
+            if not several:
+                raise self._too_few(at_most)
+            yield from self._small_group_errors(name, group, done, str(self._too_few(at_most)))
+            return
         store = _ImageStore(self.image_budget_bytes if self.keep_images else 0)
         try:
             loaded = self._load_group(group, done, tick, store)
@@ -411,13 +422,15 @@ class Runner:
                 return
             extra = joined.chunks if joined else []
             extra_sizes = joined.sizes if joined else []
-            problem = self._too_small(len(loaded.sizes) + len(extra_sizes))
-            if problem is not None:
+            count = len(loaded.sizes) + len(extra_sizes)
+            mode = self.method.mode(count)
+            if mode is None:
                 if not several:
-                    raise BatchTooSmallError(problem)
-                yield from self._small_group_errors(name, loaded.kept, done, problem)
+                    raise self._too_few(count)
+                yield from self._small_group_errors(name, loaded.kept, done, str(self._too_few(count)))
                 return
-            raws = self.method.raw(self.method.combine(extra + loaded.chunks), extra_sizes + loaded.sizes)
+            score = self.method.raw_joint if mode == JOINT else self.method.raw
+            raws = score(self.method.combine(extra + loaded.chunks), extra_sizes + loaded.sizes)
             thresholds: Thresholds = self.thresholds
             if joined is not None:
                 good_raws = [next(raws) for _ in extra_sizes]

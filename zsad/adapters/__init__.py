@@ -17,20 +17,20 @@ from zsad.adapters.folder import AdapterFolder, load_adapter, read_adapter_confi
 from zsad.errors import AdapterError
 
 if TYPE_CHECKING:
-    from zsad.backbones import ClipBackbone
+    from zsad.backbones.base import Backbone
 
 log = logging.getLogger(__name__)
 
 #: ``validator(folder, backbone_or_None)``: checks a kind's fields and tensors, raising :class:`AdapterError`;
 #: it gets the loaded backbone, or ``None`` when the backbone was given by name (or not at all).
-Validator = Callable[[AdapterFolder, Optional["ClipBackbone"]], None]
+Validator = Callable[[AdapterFolder, Optional["Backbone"]], None]
 
 
-def backbone_name(backbone: ClipBackbone | str) -> str:
+def backbone_name(backbone: Backbone | str) -> str:
     return backbone if isinstance(backbone, str) else backbone.spec.name
 
 
-def check_backbone(folder: AdapterFolder, backbone: ClipBackbone | str) -> None:
+def check_backbone(folder: AdapterFolder, backbone: Backbone | str) -> None:
     """The adapter's recorded backbone must be the one given. The same architecture with weights from a local
     file is accepted with a warning (a file path cannot be compared with a pretrained tag)."""
     from zsad.backbones.names import parse_backbone_name
@@ -51,7 +51,7 @@ def check_backbone(folder: AdapterFolder, backbone: ClipBackbone | str) -> None:
                        f"use --backbone {recorded} or an adapter trained for {name}")
 
 
-def load(path: str | Path, backbone: ClipBackbone | str | None = None, *, kind: str | None = None,
+def load(path: str | Path, backbone: Backbone | str | None = None, *, kind: str | None = None,
          validator: Validator | None = None) -> AdapterFolder:
     """Read an adapter folder and check it: kind (when given), backbone (when given: a loaded backbone or its
     name) and, with ``validator`` (the kind's own check, e.g. ``zsad.methods.anomalyclip.adapter.check_folder``), its

@@ -13,37 +13,15 @@ import copy
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from zsad.backbones.activation import model_activation, set_activation
-from zsad.backbones.blocks import check_blocks, even_blocks
+from zsad.backbones.base import Backbone, TokenOutput
 from zsad.backbones.names import BackboneSpec
 from zsad.errors import UsageError
-
-
-@dataclass
-class TokenOutput:
-    """Tokens of one forward pass.
-
-    Attributes:
-        layers: 0-based block index -> ``[B, 1 + L, C]`` residual-stream tokens (class token first) after
-            that block; from the V-V stream for blocks ``>= vv_start`` when the V-V path was asked for.
-        pooled: ``[B, D]`` the standard CLIP image embedding (``ln_post`` on the class token, then ``proj``).
-        cls_raw: ``[B, C]`` the final class token before ``ln_post`` (AnomalyCLIP's global feature).
-        plain: the same blocks from the original stream (equal to ``layers`` when no V-V path was asked
-            for), so one pass serves methods that need both.
-    """
-
-    layers: dict[int, torch.Tensor]
-    pooled: torch.Tensor
-    cls_raw: torch.Tensor
-    plain: dict[int, torch.Tensor]
 
 
 def interpolate_pos_embed(pos: torch.Tensor, new_grid: int, mode: str = "bicubic") -> torch.Tensor:
@@ -79,10 +57,18 @@ def vv_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return attn.out_proj(out)
 
 
-class ClipBackbone(nn.Module):
+def project_tokens(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's ``ln_post`` and ``proj`` (of ``model.visual``) applied to every token: ``[B, N, C] -> [B, N, D]``."""
+    out = visual.ln_post(tokens)
+    return out @ visual.proj if visual.proj is not None else out
+
+
+class ClipBackbone(Backbone):
     """Frozen CLIP with intermediate tokens; images are squash-resized to ``image_size`` (no crop), so masks
     resized the same way stay aligned with their images. ``activation`` (``gelu`` / ``quick_gelu``) replaces the
     MLP activation of every block; None keeps the model's own. ``self.activation`` is what the model runs with."""
+
+    has_text = True
 
     def __init__(
         self,
@@ -102,26 +88,21 @@ class ClipBackbone(nn.Module):
             raise UsageError(f"backbone '{spec.name}' is not an open_clip ViT with standard attention blocks")
         if getattr(visual, "attn_pool", None) is not None:
             raise UsageError(f"backbone '{spec.name}' uses attention pooling, which zsad does not support")
-        self.spec = spec
-        self.pos_interpolation = pos_interpolation
         if activation is not None:
             set_activation(model, activation)
-        self.activation = model_activation(model)
+        patch_size = int(visual.patch_size[0])
+        if image_size % patch_size:
+            raise UsageError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+        self._set_facts(spec, image_size=image_size, patch_size=patch_size, mean=mean, std=std,
+                        pos_interpolation=pos_interpolation, activation=model_activation(model))
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.patch_size = int(visual.patch_size[0])
-        if image_size % self.patch_size:
-            raise UsageError(f"image size {image_size} is not a multiple of the patch size {self.patch_size}")
-        self.image_size = image_size
-        self.grid_size = image_size // self.patch_size
         if visual.positional_embedding.shape[0] != 1 + self.grid_size ** 2:
             with torch.no_grad():
                 new_pos = interpolate_pos_embed(visual.positional_embedding.data, self.grid_size, pos_interpolation)
             visual.positional_embedding = nn.Parameter(new_pos, requires_grad=False)
         visual.image_size = (image_size, image_size)
         visual.grid_size = (self.grid_size, self.grid_size)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
 
     def with_activation(self, activation: str) -> ClipBackbone:
         """This backbone with another MLP activation, sharing every weight (only the parameter-free modules are
@@ -152,22 +133,6 @@ class ClipBackbone(nn.Module):
     def device(self) -> torch.device:
         return self.model.visual.conv1.weight.device
 
-    @property
-    def random_weights(self) -> bool:
-        return self.spec.random_weights
-
-    def default_layers(self, count: int = 4) -> list[int]:
-        """An even spread of ``count`` 0-based blocks ending at the last: [5, 11, 17, 23] for 24 blocks."""
-        return even_blocks(self.num_layers, count)
-
-    # -- images ------------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Squash-resize (bicubic) RGB images to ``image_size`` and normalise: ``[B, 3, S, S]`` on CPU."""
-        size = (self.image_size, self.image_size)
-        arrays = [np.asarray(img.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for img in images]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-        return (batch - self.mean.cpu()) / self.std.cpu()
-
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
         x = visual.conv1(images.to(visual.conv1.weight.dtype))
@@ -175,10 +140,6 @@ class ClipBackbone(nn.Module):
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         return visual.ln_pre(x)
-
-    def check_layers(self, layers: Sequence[int]) -> list[int]:
-        """0-based block indices (negative ones count from the end); a block the model lacks is a UsageError."""
-        return check_blocks(layers, self.num_layers)
 
     def tokens(
         self, images: torch.Tensor, layers: Sequence[int], *, vv: bool = False, vv_start: int | None = None
@@ -216,9 +177,7 @@ class ClipBackbone(nn.Module):
 
     def project_patches(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` and ``proj`` applied to every token: ``[B, N, C] -> [B, N, D]`` in the text space."""
-        visual = self.model.visual
-        out = visual.ln_post(tokens)
-        return out @ visual.proj if visual.proj is not None else out
+        return project_tokens(self.model.visual, tokens)
 
     # -- text --------------------------------------------------------------------------------------
     def encode_text(self, sentences: Sequence[str], batch_size: int = 256) -> torch.Tensor:

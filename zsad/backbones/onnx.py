@@ -1,26 +1,30 @@
 """A backbone whose token extraction runs on ONNX Runtime: what a CPU-only station scores with after
 ``zsad export``, without PyTorch weights.
 
-It offers the calls methods make on :class:`~zsad.backbones.clip.ClipBackbone` (``tokens``, ``project_patches``,
+It is a :class:`~zsad.backbones.base.Backbone` like the PyTorch ones (``tokens``, ``project_patches``,
 ``encode_text``, ``preprocess``, the facts), but only for what the export recorded: the one ``tokens`` call the
 method makes (blocks, V-V path and its start) and the sentences whose text embeddings were computed at export.
 Anything else is refused with a message, never silently computed differently. After the graph, ``ln_post`` and
 ``proj`` (a few MB, stored beside the graph) run in torch, so ``project_patches`` is the very same code.
-Preprocessing needs no weights and stays in PIL/torch.
+Preprocessing needs no weights and stays in PIL/torch. :func:`open_export` opens a folder made by ``zsad export``
+(:mod:`.export_folder`); what a method stored there beside the graph (AnomalyCLIP's learned text) is
+:attr:`OnnxBackbone.export`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from zsad.backbones.clip import ClipBackbone, TokenOutput
-from zsad.backbones.names import BackboneSpec
+from zsad.backbones.base import Backbone, TokenOutput
+from zsad.backbones.clip import project_tokens
+from zsad.backbones.export_folder import RUNTIMES, TENSORS, GraphFacts, Manifest, TokenCall
+from zsad.backbones.names import BackboneSpec, parse_backbone_name
 from zsad.errors import UsageError
 
 MISSING_ONNXRUNTIME = ("ONNX Runtime is not installed: install the optional extra with "
@@ -34,46 +38,6 @@ def require_onnxruntime():
     except ImportError:
         raise UsageError(MISSING_ONNXRUNTIME) from None
     return onnxruntime
-
-
-@dataclass(frozen=True)
-class TokenCall:
-    """The one ``tokens`` call an exported method makes, and which of its outputs the method reads
-    (``layers.K`` / ``plain.K``); ``pooled`` and ``cls_raw`` are always exported."""
-
-    layers: tuple[int, ...]
-    vv: bool
-    vv_start: int | None
-    outputs: tuple[str, ...]
-
-    def describe(self) -> str:
-        start = f", V-V from block {self.vv_start}" if self.vv and self.vv_start is not None else ""
-        return f"blocks {list(self.layers)} ({'V-V' if self.vv else 'plain'} path{start})"
-
-    def to_dict(self) -> dict:
-        return {"layers": list(self.layers), "vv": self.vv, "vv_start": self.vv_start, "outputs": list(self.outputs)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TokenCall:
-        return cls(layers=tuple(int(i) for i in data["layers"]), vv=bool(data["vv"]),
-                   vv_start=None if data.get("vv_start") is None else int(data["vv_start"]),
-                   outputs=tuple(str(o) for o in data["outputs"]))
-
-
-@dataclass(frozen=True)
-class GraphFacts:
-    """The exported tower's shape facts, so methods can size their taps and maps without the weights."""
-
-    num_layers: int
-    width: int
-    embed_dim: int
-    patch_size: int
-    image_size: int
-    activation: str | None
-    pos_interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    ln_eps: float = 1e-5
 
 
 class _Visual(nn.Module):
@@ -105,35 +69,25 @@ def make_session(path: str | Path, *, threads: int | None = None, device: str = 
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
-class OnnxBackbone(nn.Module):
+class OnnxBackbone(Backbone):
     """Token extraction from an exported graph; the host side (head, text table, preprocessing) in torch on CPU."""
 
-    # the same code as the torch backbone: these need only the facts, mean/std and model.visual's head
-    preprocess = ClipBackbone.preprocess
-    default_layers = ClipBackbone.default_layers
-    check_layers = ClipBackbone.check_layers
-    project_patches = ClipBackbone.project_patches
+    has_text = True  # CLIP exports: text embeddings from the stored table, patches through the stored head
 
     def __init__(self, session, spec: BackboneSpec, facts: GraphFacts, call: TokenCall, head: dict[str, torch.Tensor],
                  text: tuple[Sequence[str], torch.Tensor] | None = None, *, precision: str = "fp32") -> None:
         super().__init__()
         self.session = session
-        self.spec = spec
         self.facts = facts
         self.call = call
         self.precision = precision
-        self.activation = facts.activation
-        self.pos_interpolation = facts.pos_interpolation
-        self.patch_size = facts.patch_size
-        self.image_size = facts.image_size
-        self.grid_size = facts.image_size // facts.patch_size
+        self._set_facts(spec, image_size=facts.image_size, patch_size=facts.patch_size, mean=facts.mean,
+                        std=facts.std, pos_interpolation=facts.pos_interpolation, activation=facts.activation)
         ln_post = nn.LayerNorm(facts.width, eps=facts.ln_eps)
         with torch.no_grad():
             ln_post.weight.copy_(head["ln_post.weight"])
             ln_post.bias.copy_(head["ln_post.bias"])
         self.model = _Model(_Visual(ln_post, head.get("proj"))).eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(facts.mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(facts.std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         sentences, embeddings = text if text is not None else ((), torch.empty(0, facts.embed_dim))
         self._text = {s: i for i, s in enumerate(sentences)}
         self._text_rows = embeddings.float()
@@ -156,10 +110,6 @@ class OnnxBackbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")  # the session returns host arrays; the small torch part stays beside them
-
-    @property
-    def random_weights(self) -> bool:
-        return self.spec.random_weights
 
     # -- the graph -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -194,6 +144,10 @@ class OnnxBackbone(nn.Module):
         return TokenOutput(layers=found["layers"], pooled=values["pooled"], cls_raw=values["cls_raw"],
                            plain=found["plain"])
 
+    def project_patches(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The stored ``ln_post`` and ``proj``: the same code as the PyTorch backbone's."""
+        return project_tokens(self.model.visual, tokens)
+
     # -- text ----------------------------------------------------------------------------------------------------
     def encode_text(self, sentences: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """The stored embeddings of sentences embedded at export (the text tower is not exported)."""
@@ -205,3 +159,58 @@ class OnnxBackbone(nn.Module):
         if not sentences:
             return torch.empty(0, self.embed_dim)
         return self._text_rows[[self._text[s] for s in sentences]].clone()
+
+
+@dataclass
+class ExportFolder:
+    """An export folder as opened: where it is, its manifest, and the tensors stored beside the graph (``head.*``,
+    ``text.embeddings``, ``method.*`` such as AnomalyCLIP's learned text)."""
+
+    path: Path
+    manifest: Manifest
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def only_class(self) -> str | None:
+        """The class name to set a method up with when the export holds text for one class only."""
+        names = self.manifest.class_names
+        return names[0] if len(names) == 1 else None
+
+
+def resolve_runtime_device(device: str | torch.device) -> str:
+    """``auto``: CUDA when ONNX Runtime has its CUDA provider here, else CPU."""
+    ort = require_onnxruntime()
+    name = str(device)
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if name == "auto":
+        return "cuda" if cuda else "cpu"
+    if name.startswith("cuda") and not cuda:
+        raise UsageError(f"device '{name}' was asked for, but this onnxruntime has no CUDA provider "
+                         f"(install onnxruntime-gpu, or use --device cpu)")
+    return name
+
+
+def open_export(folder: str | Path, runtime: str = "onnx", *, device: str | torch.device = "cpu",
+                threads: int | None = None, model: Path | None = None) -> OnnxBackbone:
+    """The backbone of an export folder (made by ``zsad export``) on ONNX Runtime; ``runtime`` picks the fp32
+    (``onnx``) or int8 (``onnx-int8``) graph, ``model`` overrides the graph file (e.g. an int8 trial)."""
+    from safetensors.torch import load_file
+
+    from zsad.backbones.export_folder import read_manifest
+
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)})")
+    path, manifest = read_manifest(folder)
+    precision, name = RUNTIMES[runtime]
+    graph = model or path / name
+    if not graph.is_file():
+        hint = " (export again with --int8)" if runtime == "onnx-int8" else ""
+        raise UsageError(f"export {path} has no {name}{hint}")
+    tensors = load_file(str(path / TENSORS))
+    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    text = (manifest.sentences, tensors["text.embeddings"]) if "text.embeddings" in tensors else None
+    session = make_session(graph, threads=threads or torch.get_num_threads(), device=resolve_runtime_device(device))
+    backbone = OnnxBackbone(session, parse_backbone_name(manifest.backbone), manifest.facts, manifest.call, head,
+                            text, precision=precision)
+    backbone.export = ExportFolder(path, manifest, tensors)
+    return backbone

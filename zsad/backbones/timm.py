@@ -21,13 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from zsad.backbones.blocks import check_blocks, even_blocks
-from zsad.backbones.clip import TokenOutput
+from zsad.backbones.base import Backbone, TokenOutput
 from zsad.backbones.names import TIMM_PREFIX, TINY_DINO, BackboneSpec, parse_backbone_name
 from zsad.errors import UsageError
 
@@ -58,13 +56,15 @@ def vision_only_message(method: str, backbone: str) -> str:
             f"or a CLIP backbone")
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(Backbone):
     """A frozen timm ViT exposing ``tokens(images, layers)`` like :class:`~zsad.backbones.clip.ClipBackbone`."""
 
     #: no text tower: ``clip``/``anomalyclip``/``auto`` refuse it
     has_text = False
     #: RsCIN takes the normed class token as it is (the official DINOv2 path); CLIP's embedding is L2-normalised
     normalize_pooled = False
+    #: squash-resize bilinearly, as MuSc's non-CLIP path; ImageNet mean/std
+    resize_filter = Image.BILINEAR
 
     def __init__(self, model: nn.Module, spec: BackboneSpec, image_size: int,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -72,23 +72,15 @@ class TimmBackbone(nn.Module):
         super().__init__()
         if not hasattr(model, "forward_intermediates") or not hasattr(model, "blocks"):
             raise UsageError(f"backbone '{spec.name}' is not a timm ViT with forward_intermediates")
-        self.spec = spec
-        self.pos_interpolation = pos_interpolation
-        self.model = model.eval().requires_grad_(False)
-        self.patch_size = int(model.patch_embed.patch_size[0])
-        self.image_size = image_size
-        self.grid_size = image_size // self.patch_size
         act = getattr(getattr(model.blocks[0], "mlp", None), "act", None)
-        self.activation = "gelu" if isinstance(act, nn.GELU) else type(act).__name__.lower()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self._set_facts(spec, image_size=image_size, patch_size=int(model.patch_embed.patch_size[0]), mean=mean,
+                        std=std, pos_interpolation=pos_interpolation,
+                        activation="gelu" if isinstance(act, nn.GELU) else type(act).__name__.lower())
+        self.model = model.eval().requires_grad_(False)
 
     def with_activation(self, activation: str) -> TimmBackbone:
         """The timm model runs its own activation; ``gelu`` (what ``auto`` resolves to) keeps it."""
-        if activation in ("auto", "gelu", self.activation):
-            return self
-        raise UsageError(f"--activation {activation} applies to CLIP backbones; '{self.spec.name}' runs its own "
-                         f"({self.activation})")
+        return super().with_activation(self.activation if activation == "gelu" else activation)
 
     # -- facts -------------------------------------------------------------------------------------
     @property
@@ -104,28 +96,6 @@ class TimmBackbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.model.patch_embed.proj.weight.device
-
-    @property
-    def random_weights(self) -> bool:
-        return self.spec.random_weights
-
-    def default_layers(self, count: int = 4) -> list[int]:
-        """An even spread of ``count`` 0-based blocks ending at the last: [5, 11, 17, 23] for 24 blocks (MuSc's
-        DINOv2-L setting), [2, 5, 8, 11] for 12."""
-        return even_blocks(self.num_layers, count)
-
-    def check_layers(self, layers: Sequence[int]) -> list[int]:
-        """0-based block indices (negative ones count from the end); a block the model lacks is a UsageError."""
-        return check_blocks(layers, self.num_layers)
-
-    # -- images ------------------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Squash-resize (bilinear, as MuSc's non-CLIP path) RGB images to ``image_size``, ImageNet-normalise:
-        ``[B, 3, S, S]`` on CPU."""
-        size = (self.image_size, self.image_size)
-        arrays = [np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) for img in images]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-        return (batch - self.mean.cpu()) / self.std.cpu()
 
     def tokens(self, images: torch.Tensor, layers: Sequence[int], *, vv: bool = False,
                vv_start: int | None = None) -> TokenOutput:

@@ -49,6 +49,15 @@ def _log_internal_error(args: argparse.Namespace) -> Path:
     return Path(handle.name)
 
 
+def command_line_words(exc: ZsadError) -> str:
+    """A library error as the command line says it: the flag to change where the library names an option."""
+    from zsad.errors import BatchTooSmallError
+
+    if isinstance(exc, BatchTooSmallError):
+        return f"{exc.problem}; use --method clip for fewer images"
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ZsadError as exc:
-        print(f"zsad: error: {exc}", file=sys.stderr)
+        print(f"zsad: error: {command_line_words(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("zsad: interrupted; finished rows are kept (use --resume to continue)", file=sys.stderr)

@@ -20,7 +20,7 @@ from zsad.fileio import read_json
 
 if TYPE_CHECKING:
     from zsad.adapters import AdapterFolder
-    from zsad.backbones import ClipBackbone
+    from zsad.backbones.base import Backbone
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +135,7 @@ def cmd_import_anomalyclip(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_known_kind(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
+def check_known_kind(folder: AdapterFolder, backbone: Backbone | None) -> None:
     """Validator for folders of any kind: the checks of the kinds zsad's methods define (fields, tensor shapes)."""
     from zsad.methods.anomalyclip.adapter import KIND as PROMPTS
     from zsad.methods.anomalyclip.adapter import check_folder

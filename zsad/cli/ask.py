@@ -6,22 +6,22 @@ import argparse
 import json
 import sys
 
-from zsad.cli.options import add_model_options, warn_random_weights
+from zsad.cli.options import add_method_option, add_model_options, warn_random_weights
 from zsad.errors import UsageError
 
-#: adapter kinds and where ``--adapter`` routes them
-DETECTOR_ADAPTER_KINDS = ("anomalyclip-prompts",)
-LVLM_ADAPTER_KINDS = ("lvlm-lora",)
+
+def detector_adapter_kinds() -> set[str]:
+    """Adapter kinds some method takes (read from the method classes): ``--adapter`` routes them to the detector."""
+    from zsad.methods import list_methods, method_class
+
+    return {method_class(n).adapter_kind for n in list_methods()} - {None}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from zsad.methods import list_methods
-
     p = subparsers.add_parser("ask", help='answer a question about one image: "is there a defect? where? what kind?"')
     p.add_argument("image", help="the image file")
     p.add_argument("question", nargs="+", help="the question (quote it, or give it as several words)")
-    p.add_argument("--method", default="clip", choices=[m for m in list_methods() if m not in ("musc", "auto")],
-                   help="scoring method for a single image (default clip)")
+    add_method_option(p, "scoring method for a single image", min_batch=1)
     add_model_options(p, adapter=False)
     p.add_argument("--adapter", action="append", default=[], metavar="DIR",
                    help="adapter folder, repeatable; its kind routes it: learned prompts go to the detector "
@@ -37,15 +37,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _route_adapters(paths: list[str]) -> tuple[str | None, str | None]:
     """(detector adapter, LVLM adapter) from the ``--adapter`` folders, by the kind in their adapter.json."""
     from zsad.adapters import read_adapter_config
+    from zsad.dialogue.lvlm.lora import KIND as LVLM_KIND
 
     detector = lvlm = None
     for path in paths:
         kind = read_adapter_config(path)["kind"]
-        if kind in DETECTOR_ADAPTER_KINDS:
+        if kind in detector_adapter_kinds():
             if detector:
                 raise UsageError(f"two detector adapters given ({detector}, {path}); pass one")
             detector = path
-        elif kind in LVLM_ADAPTER_KINDS:
+        elif kind == LVLM_KIND:
             if lvlm:
                 raise UsageError(f"two LVLM adapters given ({lvlm}, {path}); pass one")
             lvlm = path

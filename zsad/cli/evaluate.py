@@ -9,6 +9,7 @@ from pathlib import Path
 from zsad.cli.options import (
     add_activation_option,
     add_device_options,
+    add_method_option,
     add_msm_option,
     method_options,
     parse_categories,
@@ -19,13 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from zsad.backbones.names import DEFAULT_BACKBONE
     from zsad.data.datasets import FORMATS
     from zsad.evaluate import AUPIMO_FPR_BOUNDS
-    from zsad.methods import list_methods
     from zsad.metrics.pro import AUPRO_VARIANTS
 
     p = sub.add_parser("evaluate", help="benchmark a method on a dataset: image/pixel AUROC, AP, F1-max, AUPRO, "
                                         "AUPIMO, per defect type")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (MVTec AD, VisA, MPDD, BTAD, ...)")
-    p.add_argument("--method", default="auto", choices=list_methods(), help="method to evaluate (default auto)")
+    add_method_option(p, "method to evaluate")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone (default {DEFAULT_BACKBONE})")
     p.add_argument("--image-size", type=int, default=518, help="squash-resize size (default 518)")
     add_activation_option(p)

@@ -15,12 +15,12 @@ _FROM_EXPORT = ("method", "backbone", "image_size", "class_name")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from zsad.backbones.names import DEFAULT_BACKBONE
-    from zsad.export.build import EXPORTABLE
     from zsad.export.fidelity import DEFAULT_CHECK_IMAGES, INT8_FLOOR
     from zsad.export.graph import DEFAULT_OPSET
+    from zsad.methods import list_methods
 
     p = sub.add_parser("export", help="export a method's backbone forward to ONNX (fp32, and int8 with --int8)")
-    p.add_argument("--method", required=True, choices=list(EXPORTABLE))
+    p.add_argument("--method", required=True, choices=list_methods(exportable=True))
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"as for zsad score (default {DEFAULT_BACKBONE})")
     p.add_argument("--adapter", default=None, help="anomalyclip: the learned-prompt adapter folder")
     p.add_argument("--image-size", type=int, default=518, help="input size the graph is made for (default 518)")
@@ -83,7 +83,7 @@ class _DefaultInt(int):
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--export``; call after the model options, whose defaults it marks as not given."""
-    from zsad.export.manifest import RUNTIMES
+    from zsad.backbones.export_folder import RUNTIMES
 
     p.add_argument("--runtime", default="torch", choices=["torch", *RUNTIMES],
                    help="torch (default); onnx / onnx-int8: the backbone forward on ONNX Runtime from --export DIR "
@@ -111,7 +111,7 @@ def runtime_options(args: argparse.Namespace) -> dict:
         return {}
     if export is None:
         raise UsageError(f"--runtime {runtime} needs --export DIR (a folder made by `zsad export`)")
-    from zsad.export.manifest import read_manifest
+    from zsad.backbones.export_folder import read_manifest
 
     _, manifest = read_manifest(export)
     found = {"method": manifest.method, "backbone": manifest.backbone, "image_size": manifest.image_size,

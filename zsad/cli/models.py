@@ -12,11 +12,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zsad.backbones import KNOWN_BACKBONES
-    from zsad.methods import METHODS
+    from zsad.methods import list_methods, method_class
 
     print("methods:")
-    for name, (_, _, description) in METHODS.items():
-        print(f"  {name:14s} {description}")
+    for name in list_methods():
+        print(f"  {name:14s} {method_class(name).summary}")
     print("backbones (any open_clip ViT ARCH:TAG works too; see open_clip.list_pretrained()):")
     for name, description in KNOWN_BACKBONES:
         print(f"  {name:34s} {description}")

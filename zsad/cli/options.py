@@ -63,12 +63,32 @@ def method_options(args: argparse.Namespace, method: str) -> dict:
         options["prompts"] = args.prompts
     if getattr(args, "adapter", None):
         options["adapter"] = args.adapter
-    if method in ("musc", "auto"):
+    if "msm_precision" in _config_fields(method):  # the methods with mutual scoring (musc, auto)
         if getattr(args, "msm_precision", "fp32") != "fp32":
             options["msm_precision"] = args.msm_precision
         if not getattr(args, "quiet", True) and sys.stderr.isatty():
             options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches (not in logs)
     return options
+
+
+def _config_fields(method: str) -> set[str]:
+    import dataclasses
+
+    from zsad.methods import method_class
+
+    config = method_class(method).config_class
+    return {f.name for f in dataclasses.fields(config)} if config is not None else set()
+
+
+def add_method_option(p: argparse.ArgumentParser, what: str = "scoring method", **capabilities) -> None:
+    """``--method``, its choices read from the method classes (only those with ``capabilities``, e.g.
+    ``min_batch=1``), its default the library's."""
+    from zsad.methods import DEFAULT_METHOD, list_methods, method_class
+
+    names = list_methods(**capabilities)
+    default = DEFAULT_METHOD if DEFAULT_METHOD in names else names[0]
+    lines = "; ".join(f"{n}: {method_class(n).summary}" for n in names)
+    p.add_argument("--method", default=default, choices=names, help=f"{what} (default {default}). {lines}")
 
 
 def warn_random_weights(model, name: str, what: str = "scores are meaningless") -> None:

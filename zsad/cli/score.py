@@ -6,18 +6,17 @@ import argparse
 import sys
 import time
 
-from zsad.cli.options import add_model_options, add_msm_option, method_options, warn_random_weights
+from zsad.cli.options import add_method_option, add_model_options, add_msm_option, method_options, warn_random_weights
+from zsad.decisions import check_unit
 from zsad.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from zsad.methods import list_methods
     from zsad.runner import GROUP_BY
 
     p = sub.add_parser("score", help="score images: per-image score, anomaly map, mask, defect type")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
-    p.add_argument("--method", default="auto", choices=list_methods(),
-                   help="auto (default): MuSc fused with clip for >= 5 images, clip alone otherwise")
+    add_method_option(p)
     p.add_argument("--group-by", default="none", choices=list(GROUP_BY),
                    help="folder: score each real parent folder as its own category (matters for musc/auto)")
     add_model_options(p)
@@ -80,8 +79,7 @@ def _score(args: argparse.Namespace, dist) -> int:
     from zsad.runner import sources_from_inputs
 
     started = time.perf_counter()
-    if not 0.0 <= args.good_quantile <= 1.0:
-        raise UsageError(f"--good-quantile must be in [0, 1], got {args.good_quantile}")
+    check_unit(args.good_quantile, "--good-quantile")
     sources = sources_from_inputs(args.inputs)
     good_sources = sources_from_inputs([args.threshold_from]) if args.threshold_from else None
     from zsad.cli.export import runtime_options

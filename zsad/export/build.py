@@ -3,7 +3,7 @@
 The folder, written whole (:func:`zsad.fileio.atomic_dir`, so a failed or killed export leaves the old one):
 ``model.onnx`` (fp32 token extraction as the method calls it), ``model.int8.onnx`` (with ``int8``),
 ``tensors.safetensors`` (``ln_post`` / ``proj``, the text embeddings), ``prompts.yaml`` (a user prompt bank, when
-one was given) and ``export.json`` (:class:`~zsad.export.manifest.Manifest`, with the fidelity measured here).
+one was given) and ``export.json`` (:class:`~zsad.backbones.export_folder.Manifest`, with the fidelity measured here).
 
 Text embeddings are computed once here and stored, not the text tower exported: a station inspects known
 products, the sentences are fixed by the class names and prompt bank, and the stored table keeps the tokenizer,
@@ -22,17 +22,24 @@ from typing import Any
 
 import torch
 
-from zsad.backbones.onnx import GraphFacts, require_onnxruntime
+from zsad.backbones.export_folder import (
+    MANIFEST,
+    MODEL_FP32,
+    MODEL_INT8,
+    PROMPTS,
+    TENSORS,
+    GraphFacts,
+    Manifest,
+    folder_sha256,
+)
+from zsad.backbones.onnx import open_export, require_onnxruntime
 from zsad.errors import UsageError
 from zsad.export import fidelity, quantize
 from zsad.export.graph import DEFAULT_OPSET, export_tokens, weights_sha256
-from zsad.export.manifest import MANIFEST, MODEL_FP32, MODEL_INT8, PROMPTS, TENSORS, Manifest, folder_sha256
 from zsad.export.record import TextRecorder, record_token_call
 from zsad.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
-
-EXPORTABLE = ("clip", "anomalyclip", "musc", "auto")
 
 
 @dataclass
@@ -57,19 +64,16 @@ def export(request: ExportRequest) -> Manifest:
     import onnx
 
     import zsad
-    from zsad.backbones import load_backbone
-    from zsad.detector import create, resolve_activation
-    from zsad.methods import method_class
+    from zsad.detector import backbone_for, create
+    from zsad.methods import list_methods, method_class
 
     ort = require_onnxruntime()
-    if request.method not in EXPORTABLE:
-        raise UsageError(f"method '{request.method}' cannot be exported (exportable: {', '.join(EXPORTABLE)})")
     cls = method_class(request.method)
-    activation = resolve_activation(cls, request.backbone, request.image_size, request.activation,
-                                    cache_dir=request.cache_dir)
-    backbone = load_backbone(request.backbone, image_size=request.image_size, device="cpu",
-                             cache_dir=request.cache_dir, pos_interpolation=cls.pos_interpolation,
-                             activation=activation, warn_random=False)
+    if not cls.exportable:
+        raise UsageError(f"method '{request.method}' cannot be exported (exportable: "
+                         f"{', '.join(list_methods(exportable=True))})")
+    backbone = backbone_for(cls, request.backbone, image_size=request.image_size, device="cpu",
+                            activation=request.activation, cache_dir=request.cache_dir, warn_random=False)
     names = [n for n in (s.strip() for s in request.class_names) if n] or ["object"]
     text = TextRecorder()
     with text.on(backbone):
@@ -132,14 +136,14 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _scored(folder: Path, manifest: Manifest, runtime: str, model: Path | None, checks: fidelity.CheckSet):
-    """Raw outputs of the check images through the export being written."""
-    from zsad.export.runtime import build_method, open_backbone
+    """Raw outputs of the check images through the export being written (its manifest is not on disk yet)."""
+    from zsad.detector import create
 
-    backbone = open_backbone(folder, manifest, runtime, model=model)
-    method = build_method(folder, manifest, backbone, {})
-    if manifest.class_names:
-        method.setup(manifest.class_names[0])
-    return fidelity.raw_outputs(method, checks.images)
+    (folder / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    backbone = open_export(folder, runtime, model=model)
+    detector = create(manifest.method, backbone=backbone,
+                      class_name=manifest.class_names[0] if manifest.class_names else None)
+    return fidelity.raw_outputs(detector.method, checks.images)
 
 
 def _int8(folder: Path, manifest: Manifest, reference, checks: fidelity.CheckSet, force: bool) -> dict[str, Any]:

@@ -46,10 +46,10 @@ def check_images(count: int, size: int, seed: int = 0) -> CheckSet:
 
 @torch.inference_mode()
 def raw_outputs(method, images: Sequence[Image.Image], batch_size: int = 4) -> list[RawOutput]:
-    """The method's raw outputs for ``images`` scored as one group (as the runner scores a group)."""
-    chunks = [method.extract(method.backbone.preprocess(list(images[i:i + batch_size])))
-              for i in range(0, len(images), batch_size)]
-    return list(method.raw(method.combine(chunks), [img.size for img in images]))
+    """The method's raw outputs for ``images`` scored as one group, through the runner."""
+    from zsad.detector import Detector
+
+    return [result.raw for result in Detector(method, batch_size=batch_size).score(list(images))]
 
 
 def _maps(raws: Sequence[RawOutput]) -> list[np.ndarray]:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from zsad.backbones import ClipBackbone
-from zsad.backbones.onnx import TokenCall
+from zsad.backbones.base import Backbone
+from zsad.backbones.export_folder import TokenCall
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ INPUT = "images"
 class TokenGraph(nn.Module):
     """``images -> (the method's token outputs..., pooled, cls_raw)`` in the order of :meth:`output_names`."""
 
-    def __init__(self, backbone: ClipBackbone, call: TokenCall) -> None:
+    def __init__(self, backbone: Backbone, call: TokenCall) -> None:
         super().__init__()
         self.backbone = backbone
         self.call = call
@@ -51,7 +51,7 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def export_tokens(backbone: ClipBackbone, call: TokenCall, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
+def export_tokens(backbone: Backbone, call: TokenCall, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
     """Write the graph of ``call`` to ``path`` (fp32, batch size dynamic, weights folded)."""
     import onnx
 

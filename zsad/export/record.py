@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from zsad.backbones import ClipBackbone, TokenOutput
-from zsad.backbones.onnx import TokenCall
+from zsad.backbones.base import Backbone, TokenOutput
+from zsad.backbones.export_folder import TokenCall
 from zsad.errors import UsageError
 
 
@@ -26,7 +26,7 @@ class _Reads(dict):
         return super().__getitem__(key)
 
 
-def record_token_call(backbone: ClipBackbone, method: Any, images: torch.Tensor) -> TokenCall:
+def record_token_call(backbone: Backbone, method: Any, images: torch.Tensor) -> TokenCall:
     """Run ``method.extract(images)`` once and return the one ``tokens`` call it made."""
     calls: list[tuple[tuple[int, ...], bool, int | None]] = []
     seen: set[str] = set()
@@ -58,7 +58,7 @@ class TextRecorder:
         self.rows: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
-    def on(self, backbone: ClipBackbone) -> Iterator[TextRecorder]:
+    def on(self, backbone: Backbone) -> Iterator[TextRecorder]:
         original = backbone.encode_text
 
         def recording(sentences, batch_size: int = 256) -> torch.Tensor:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zsad.backbones import ClipBackbone
+from zsad.backbones.base import Backbone
+from zsad.errors import UsageError
 from zsad.methods.base import Method, Share
 from zsad.methods.clip import ClipConfig, ClipEvidence, ClipMethod, concat_evidence
 from zsad.methods.musc import MIN_IMAGES, MuscConfig, MuscFeatures, MuscMethod, concat_features
@@ -52,15 +53,15 @@ def _minmax(values: torch.Tensor) -> torch.Tensor:
 
 class AutoMethod(Method):
     name = "auto"
-    transductive = True
+    summary = "MuSc fused with clip for batches of >= 5 images, clip alone otherwise"
+    joint_from = MIN_IMAGES
+    exportable = True
     config_class = AutoConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: AutoConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, *, dtype: torch.dtype, config: AutoConfig | None = None) -> None:
         super().__init__(backbone, dtype=dtype)
         self.config = config or AutoConfig()
         if not 0.0 <= self.config.musc_weight <= 1.0:
-            from zsad.errors import UsageError
-
             raise UsageError(f"musc_weight must be in [0, 1], got {self.config.musc_weight}")
         self.clip = ClipMethod(backbone, dtype=dtype, config=ClipConfig(prompts=self.config.prompts))
         self.musc = MuscMethod(backbone, dtype=dtype,
@@ -84,9 +85,11 @@ class AutoMethod(Method):
                             clip=concat_evidence([c.clip for c in chunks]))
 
     def raw(self, features: AutoFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
-        if len(sizes) < MIN_IMAGES:
-            yield from self._clip_alone(features.clip, sizes)
-            return
+        """Fewer images than MuSc needs: ``clip`` alone."""
+        yield from self._clip_alone(features.clip, sizes)
+
+    def raw_joint(self, features: AutoFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        """MuSc fused with ``clip`` (see the module doc)."""
         patch = self.musc.patch_scores(features.musc)
         scores, lo, hi = self._clip_stats(features.clip)
         yield from self._fused(features.clip, sizes, patch, features.musc.pooled, (scores, lo, hi), first=0)
@@ -95,10 +98,6 @@ class AutoMethod(Method):
                    share: Share) -> Iterator[RawOutput]:
         """The group spread over ranks: MuSc's rows where the images are, CLIP's per-image numbers gathered (the
         fusion normalises both over the whole group)."""
-        if share.total < MIN_IMAGES:
-            if features is not None:
-                yield from self._clip_alone(features.clip, sizes)
-            return
         patch, pooled = self.musc.gathered_patch_scores(features.musc if features is not None else None, share)
         local = self._clip_stats(features.clip) if features is not None else (torch.empty(0), math.inf, -math.inf)
         every = share.comm.all_gather_object((local[0].tolist(), local[1], local[2]), "gathering CLIP scores")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zsad.backbones import ClipBackbone, TokenOutput
+from zsad.backbones.base import Backbone, TokenOutput
 from zsad.methods.base import Method
 from zsad.prompts import PromptBank, load_prompt_bank
 from zsad.runtime import autocast
@@ -55,7 +55,7 @@ def concat_evidence(chunks: Sequence[ClipEvidence]) -> ClipEvidence:
                         defect_probs=[p for c in chunks for p in c.defect_probs])
 
 
-def ensemble_embedding(backbone: ClipBackbone, sentences: Sequence[str]) -> torch.Tensor:
+def ensemble_embedding(backbone: Backbone, sentences: Sequence[str]) -> torch.Tensor:
     """Mean of L2-normalised sentence embeddings, renormalised: ``[D]``."""
     emb = F.normalize(backbone.encode_text(sentences), dim=-1)
     return F.normalize(emb.mean(dim=0), dim=-1)
@@ -63,9 +63,11 @@ def ensemble_embedding(backbone: ClipBackbone, sentences: Sequence[str]) -> torc
 
 class ClipMethod(Method):
     name = "clip"
+    summary = "training-free CLIP: prompt ensembles x value-value patch tokens"
+    exportable = True
     config_class = ClipConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: ClipConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, *, dtype: torch.dtype, config: ClipConfig | None = None) -> None:
         super().__init__(backbone, dtype=dtype)
         self.config = config or ClipConfig()
         self.bank: PromptBank = load_prompt_bank(self.config.prompts)

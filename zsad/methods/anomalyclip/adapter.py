@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from zsad.adapters.folder import AdapterFolder, save_adapter
-from zsad.backbones import ClipBackbone
+from zsad.backbones.base import Backbone
 from zsad.errors import AdapterError
 from zsad.methods.anomalyclip.forward import TEMPERATURE
 from zsad.methods.anomalyclip.prompts import PromptLearner, PromptShape, context_length, text_layers, text_width
@@ -90,7 +90,7 @@ def save_prompt_adapter(folder: str | Path, learner: PromptLearner, settings: Pr
     return save_adapter(folder, KIND, config, learner.tensors())
 
 
-def check_folder(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
+def check_folder(folder: AdapterFolder, backbone: Backbone | None) -> None:
     """Validator to pass to :func:`zsad.adapters.load` (``validator=check_folder``): tensors against the recorded
     sizes, and, given a loaded backbone, the sizes against its towers (text width and depth, vision depth)."""
     where = str(folder.path or "adapter")
@@ -115,7 +115,7 @@ def check_folder(folder: AdapterFolder, backbone: ClipBackbone | None) -> None:
                            f"the {depth}-block vision tower of '{backbone.spec.name}'")
 
 
-def load_prompt_adapter(path: str | Path, backbone: ClipBackbone) -> PromptAdapter:
+def load_prompt_adapter(path: str | Path, backbone: Backbone) -> PromptAdapter:
     """Load and check an ``anomalyclip-prompts`` adapter for ``backbone``; the learner is on its device."""
     from zsad.adapters import load
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zsad.backbones import ClipBackbone
+from zsad.backbones.base import Backbone
 from zsad.errors import UsageError
 from zsad.runtime import autocast
 from zsad.scoring.maps import grid_to_image
@@ -34,7 +34,7 @@ class ImageFeatures:
     patches: list[torch.Tensor]
 
 
-def resolve_dpam_layers(backbone: ClipBackbone, dpam_layers: int | None) -> int:
+def resolve_dpam_layers(backbone: Backbone, dpam_layers: int | None) -> int:
     """How many of the last vision blocks run the V-V path: None = 19 of 24, scaled to the depth."""
     depth = backbone.num_layers
     if dpam_layers is None:
@@ -45,7 +45,7 @@ def resolve_dpam_layers(backbone: ClipBackbone, dpam_layers: int | None) -> int:
     return dpam_layers
 
 
-def resolve_taps(backbone: ClipBackbone, taps: str | Sequence[int]) -> list[int]:
+def resolve_taps(backbone: Backbone, taps: str | Sequence[int]) -> list[int]:
     """0-based tapped blocks: ``"last"`` (released checkpoints: layer 24 of 24), ``"paper"`` (4 evenly spread,
     6/12/18/24 of 24) or explicit indices (negative count from the end)."""
     if isinstance(taps, str):
@@ -63,7 +63,7 @@ def resolve_taps(backbone: ClipBackbone, taps: str | Sequence[int]) -> list[int]
     return sorted(set(backbone.check_layers(taps)))
 
 
-def image_features(backbone: ClipBackbone, images: torch.Tensor, taps: Sequence[int], dpam_layers: int,
+def image_features(backbone: Backbone, images: torch.Tensor, taps: Sequence[int], dpam_layers: int,
                    dtype: torch.dtype) -> ImageFeatures:
     """One backbone pass (no gradients reach the backbone): normalised global and tapped patch features."""
     visual = backbone.model.visual

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from zsad.backbones import ClipBackbone
+from zsad.backbones.base import Backbone
 from zsad.errors import AdapterError
-from zsad.methods.anomalyclip.adapter import load_prompt_adapter
+from zsad.methods.anomalyclip.adapter import KIND, PromptSettings, load_prompt_adapter
 from zsad.methods.anomalyclip.forward import image_features, resolve_taps, state_logits
 from zsad.methods.anomalyclip.prompts import PromptTextEncoder
 from zsad.methods.base import Method
@@ -48,12 +48,19 @@ class AnomalyClipConfig:
 
 class AnomalyClipMethod(Method):
     name = "anomalyclip"
+    summary = "AnomalyCLIP learned object-agnostic prompts (needs an adapter)"
+    exportable = True
+    adapter_kind = KIND
     pos_interpolation = "bilinear"  # the official code resizes position embeddings bilinearly
     config_class = AnomalyClipConfig
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: AnomalyClipConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, *, dtype: torch.dtype, config: AnomalyClipConfig | None = None) -> None:
         super().__init__(backbone, dtype=dtype)
         self.config = config or AnomalyClipConfig()
+        exported = backbone.export
+        if exported is not None and "method.text" in exported.tensors:
+            self._from_export(exported)
+            return
         if not self.config.adapter:
             raise AdapterError(NEEDS_ADAPTER.format(backbone=backbone.spec.name))
         adapter = load_prompt_adapter(self.config.adapter, backbone)
@@ -70,6 +77,15 @@ class AnomalyClipMethod(Method):
         with torch.inference_mode():
             self.register_buffer("text", PromptTextEncoder(backbone, self.settings.shape)(self.learner).float(),
                                  persistent=False)
+
+    def _from_export(self, exported) -> None:
+        """The learned prompts' text embeddings, settings and taps stored by ``zsad export`` (no adapter, no text
+        tower needed)."""
+        adapter = exported.manifest.adapter
+        self.settings = PromptSettings.from_config(adapter["settings"], str(exported.path))
+        self.taps = list(adapter["taps"]) if self.config.taps is None else resolve_taps(self.backbone, self.config.taps)
+        self.learner = None
+        self.register_buffer("text", exported.tensors["method.text"].float(), persistent=False)
 
     def setup(self, class_name: str | None = None) -> None:
         super().setup(class_name)  # object-agnostic prompts: the class name changes nothing

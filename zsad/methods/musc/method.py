@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zsad.backbones import BackboneSpec, ClipBackbone, TokenOutput
+from zsad.backbones import BackboneSpec
 from zsad.backbones.activation import config_activation, config_image_size, openai_weights
-from zsad.errors import BatchTooSmallError, UsageError
+from zsad.backbones.base import Backbone, TokenOutput
+from zsad.errors import UsageError
 from zsad.methods.base import Method, Share
 from zsad.methods.musc.msm import musc_patch_scores
 from zsad.methods.musc.rscin import rscin
@@ -75,11 +76,13 @@ def concat_features(chunks: Sequence[MuscFeatures]) -> MuscFeatures:
 
 class MuscMethod(Method):
     name = "musc"
+    summary = "mutual scoring: unlabeled images of a batch score each other (>= 5)"
+    needs_text = False  # runs on vision-only backbones too (timm DINOv2/v3: the official DINOv2 path)
     min_batch = MIN_IMAGES
-    transductive = True
+    joint_from = MIN_IMAGES
+    exportable = True
     pos_interpolation = "bicubic"
     config_class = MuscConfig
-    needs_text = False  # runs on vision-only backbones too (timm DINOv2/v3: the official DINOv2 path)
 
     @classmethod
     def published_activation(cls, spec: BackboneSpec, image_size: int, *, cache_dir: str | None = None) -> str:
@@ -92,7 +95,7 @@ class MuscMethod(Method):
             return config_activation(spec)
         return super().published_activation(spec, image_size, cache_dir=cache_dir)
 
-    def __init__(self, backbone: ClipBackbone, *, dtype: torch.dtype, config: MuscConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, *, dtype: torch.dtype, config: MuscConfig | None = None) -> None:
         super().__init__(backbone, dtype=dtype)
         self.config = config or MuscConfig()
         if self.config.msm_precision not in ("fp32", "fp16"):
@@ -123,10 +126,6 @@ class MuscMethod(Method):
         """``[N, L]`` mean MSM distances (higher = more anomalous), computed on the backbone's device; with a
         ``share``, the rows of this rank's images of a group spread over ranks (always exact)."""
         n = share.total if share is not None else feats.pooled.shape[0]
-        if n < MIN_IMAGES:
-            raise BatchTooSmallError(
-                f"MuSc scores images against each other and needs a batch of at least {MIN_IMAGES} images of one "
-                f"category, got {n}; use --method clip for fewer images")
         reference_size = self.config.reference_size
         if reference_size is None and n > self.config.max_exact_images and share is None:
             reference_size = 500
@@ -150,7 +149,7 @@ class MuscMethod(Method):
         raw = torch.stack(maxima)
         return rscin(raw, pooled, ks=self.config.rscin_ks), torch.stack([torch.stack(minima).min(), raw.max()])
 
-    def raw(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+    def raw_joint(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         """Score the whole batch jointly, then yield one output at a time (full-size maps are not all kept)."""
         patch = self.patch_scores(features)
         yield from self.outputs(patch, features.pooled, sizes)

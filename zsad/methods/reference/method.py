@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from zsad.errors import UsageError
-from zsad.methods.base import Method, Share
+from zsad.methods.base import INDEPENDENT, JOINT, Method
 from zsad.methods.musc import MIN_IMAGES, MuscConfig, MuscFeatures, MuscMethod, concat_features, lnamd
 from zsad.methods.reference.bank import DEFAULT_TILE_ELEMENTS, Bank, Exclusion, build_bank, nearest_distance
 from zsad.scoring.maps import grid_to_image, to_original_size
@@ -71,24 +71,44 @@ class ReferenceConfig:
 
 class ReferenceMethod(Method):
     """Scores images against a memory bank of known-good references (see the module doc). Built by
-    ``zsad.create(method, references=...)``; ``method`` only chooses whether batches are joint (musc, auto)."""
+    ``zsad.create(method, references=...)``; ``method`` (``base``) only chooses whether groups may be joint (musc,
+    auto); the features and the activation are MuSc's whatever it is."""
 
     name = "reference"
-    min_batch = 1
+    summary = "known-good references: nearest-patch distance to a memory bank of MuSc features"
     needs_text = False
+    min_batch = 1
+    feature_method = "musc"
+    pos_interpolation = MuscMethod.pos_interpolation
     config_class = ReferenceConfig
+    #: options that tune text prompts or learned adapters: refused by name
+    text_options = frozenset({"prompts", "adapter", "musc_weight"})
+
+    @classmethod
+    def make_config(cls, options: dict) -> ReferenceConfig:
+        dropped = sorted(set(options) & cls.text_options)
+        if dropped:
+            raise UsageError(f"options {dropped} do not apply to scoring against references (patch features only)")
+        return super().make_config(options)
+
+    @classmethod
+    def published_activation(cls, spec, image_size: int, *, cache_dir: str | None = None) -> str:
+        """MuSc's, whatever ``method`` is, because the features are MuSc's; a musc export holds the same, so both
+        runtimes agree."""
+        return MuscMethod.published_activation(spec, image_size, cache_dir=cache_dir)
 
     def __init__(self, backbone, *, dtype: torch.dtype, config: ReferenceConfig | None = None,
-                 base: str = "musc", transductive: bool = True) -> None:
+                 base: type[Method] = MuscMethod) -> None:
         super().__init__(backbone, dtype=dtype)
         self.config = config or ReferenceConfig()
         if not self.config.rs or any(r < 1 or r % 2 == 0 for r in self.config.rs):
             raise UsageError(f"reference degrees rs must be positive odd integers, got {self.config.rs}")
         if self.config.coreset is not None and not 0.0 < self.config.coreset <= 1.0:
             raise UsageError(f"coreset must be a fraction in (0, 1], got {self.config.coreset}")
-        self.base = base
-        self.name = f"{base}+reference"
-        self.transductive = transductive and self.config.joint  # the runner's joint/independent decision
+        self.base = base.name
+        self.name = f"{base.name}+reference"
+        # joint: the references join groups of >= 2 test images (>= MIN_IMAGES with them), for joint base methods
+        self.joint_from = 2 if base.joint_from and self.config.joint else 0
         self.musc = MuscMethod(backbone, dtype=dtype, config=MuscConfig(
             layers=self.config.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
             msm_precision=self.config.msm_precision, progress=self.config.progress, storage="fp32"))
@@ -189,18 +209,24 @@ class ReferenceMethod(Method):
                             extras={"mode": mode, "references": self.num_references, "raw_max": peak,
                                     "normal_max": d0, "activation": getattr(self.backbone, "activation", None)})
 
+    def mode(self, images: int, *, spread: bool = False) -> str | None:
+        """Joint (mutual scoring with the references joining) for >= 2 test images that make >= MIN_IMAGES with
+        the references, when the base method is joint and the group is on one rank; otherwise each image against
+        the bank (a group spread over ranks needs no collective then)."""
+        if spread:
+            return INDEPENDENT
+        if self.joint_from and images >= self.joint_from and images + self.num_references >= MIN_IMAGES:
+            return JOINT
+        return INDEPENDENT
+
     def raw(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
-        n, k = len(sizes), self.num_references
-        if self.transductive and n >= 2 and n + k >= MIN_IMAGES:
-            joined = concat_features([self.references, features])
-            patch = self.musc.patch_scores(joined)
-            d0 = max(float(self._upsample(row).max()) for row in patch[:k])
-            yield from self._calibrated(patch[k:], max(d0, 1e-6), sizes, "joint")
-            return
+        """Bank mode: each image against the references' memory bank."""
         yield from self._calibrated(self._bank_patch_scores(features), self.normal_max, sizes, "bank")
 
-    def raw_across(self, features: MuscFeatures | None, sizes: Sequence[tuple[int, int]],
-                   share: Share) -> Iterator[RawOutput]:
-        """A group spread over ranks: each rank scores its own images in bank mode (no collective needed)."""
-        if features is not None and sizes:
-            yield from self._calibrated(self._bank_patch_scores(features), self.normal_max, sizes, "bank")
+    def raw_joint(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
+        """Joint mode: MuSc over the references and the test images; only the test images become outputs."""
+        k = self.num_references
+        patch = self.musc.patch_scores(concat_features([self.references, features]))
+        d0 = max(float(self._upsample(row).max()) for row in patch[:k])
+        yield from self._calibrated(patch[k:], max(d0, 1e-6), sizes, "joint")
+

@@ -1,5 +1,9 @@
-"""``export.json``: what an export folder holds and how it was made, and the checks that refuse to score with an
-export made for something else than what is asked (method, backbone, size, activation, adapter)."""
+"""An export folder as a backbone reads it: ``export.json`` (what the folder holds and how it was made), the
+facts of the exported tower, the one ``tokens`` call it was traced for, and the checks that refuse to score with an
+export made for something else than what is asked (method, backbone, size, activation, adapter).
+
+``zsad export`` (:mod:`zsad.export.build`) writes these folders; :func:`zsad.backbones.onnx.open_export` opens
+one as a backbone."""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zsad.backbones.onnx import GraphFacts, TokenCall
 from zsad.errors import UsageError
 from zsad.fileio import read_json, settle_dir
 
@@ -22,6 +25,46 @@ TENSORS = "tensors.safetensors"
 PROMPTS = "prompts.yaml"
 #: runtime name -> (precision, graph file)
 RUNTIMES = {"onnx": ("fp32", MODEL_FP32), "onnx-int8": ("int8", MODEL_INT8)}
+
+
+@dataclass(frozen=True)
+class TokenCall:
+    """The one ``tokens`` call an exported method makes, and which of its outputs the method reads
+    (``layers.K`` / ``plain.K``); ``pooled`` and ``cls_raw`` are always exported."""
+
+    layers: tuple[int, ...]
+    vv: bool
+    vv_start: int | None
+    outputs: tuple[str, ...]
+
+    def describe(self) -> str:
+        start = f", V-V from block {self.vv_start}" if self.vv and self.vv_start is not None else ""
+        return f"blocks {list(self.layers)} ({'V-V' if self.vv else 'plain'} path{start})"
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "vv": self.vv, "vv_start": self.vv_start, "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TokenCall:
+        return cls(layers=tuple(int(i) for i in data["layers"]), vv=bool(data["vv"]),
+                   vv_start=None if data.get("vv_start") is None else int(data["vv_start"]),
+                   outputs=tuple(str(o) for o in data["outputs"]))
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """The exported tower's shape facts, so methods can size their taps and maps without the weights."""
+
+    num_layers: int
+    width: int
+    embed_dim: int
+    patch_size: int
+    image_size: int
+    activation: str | None
+    pos_interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    ln_eps: float = 1e-5
 
 
 @dataclass
