@@ -43,11 +43,11 @@ def main() -> None:
     import zsad
     from zsad.backbones import load_backbone
     from zsad.data.synthetic import make_sample
+    from zsad.device import resolve_device, resolve_precision
     from zsad.methods.anomalyclip.adapter import PromptSettings, save_prompt_adapter
     from zsad.methods.anomalyclip.forward import resolve_dpam_layers, resolve_taps
     from zsad.methods.anomalyclip.prompts import PromptLearner, resolve_shape, text_width
     from zsad.methods.anomalyclip.train import PromptTrainer
-    from zsad.runtime import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)

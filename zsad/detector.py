@@ -14,10 +14,10 @@ from zsad.backbones import DEFAULT_BACKBONE, BackboneSpec, load_backbone, parse_
 from zsad.backbones.base import Backbone
 from zsad.backbones.timm import vision_only_message
 from zsad.decisions import DEFAULT_GOOD_QUANTILE, DEFAULT_THRESHOLD, Thresholds
+from zsad.device import resolve_device, resolve_precision
 from zsad.errors import ImageError, UsageError
 from zsad.methods import DEFAULT_METHOD, method_class
 from zsad.methods.base import Method
-from zsad.runtime import resolve_device, resolve_precision
 from zsad.types import AnomalyResult
 
 log = logging.getLogger(__name__)

@@ -121,7 +121,7 @@ def group_sources(sources: Sequence[Source], group_by: str) -> list[tuple[str, l
     return list(groups.items())
 
 
-class Scorer(Protocol):
+class DetectorLike(Protocol):
     """What the runner needs of a detector (:class:`zsad.detector.Detector`, which builds runners over itself)."""
 
     method: Any
@@ -229,10 +229,9 @@ class GoodImages:
 class Runner:
     """Streams :class:`Outcome` objects for sources; see the module doc for what it guarantees."""
 
-    def __init__(self, detector: Scorer, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, detector: DetectorLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  thresholds: Thresholds | None = None, keep_images: bool = False,
                  image_budget_bytes: int = DEFAULT_IMAGE_BUDGET_BYTES) -> None:
-        self.detector = detector
         self.method = detector.method
         self.batch_size = detector.batch_size
         self.max_pixels = max_pixels

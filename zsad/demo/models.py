@@ -62,7 +62,7 @@ class Models:
 
     def _backbone(self, pos_interpolation: str):
         from zsad.backbones import load_backbone
-        from zsad.runtime import resolve_device
+        from zsad.device import resolve_device
 
         if pos_interpolation not in self._backbones:
             c = self.config

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from zsad.backbones.base import Backbone, TokenOutput
+from zsad.device import autocast
 from zsad.methods.base import Method
 from zsad.prompts import PromptBank, load_prompt_bank
-from zsad.runtime import autocast
 from zsad.scoring.maps import gaussian_smooth, grid_to_image, to_original_size
 from zsad.types import RawOutput
 

@@ -140,7 +140,7 @@ class LvlmResponder:
              cache_dir: str | None = None, offline: bool | None = None,
              vocabulary: DefectVocabulary | None = None) -> LvlmResponder:
         """Load ``model`` (a Hub id, a local folder or ``tiny-random``) and optionally a LoRA adapter folder."""
-        from zsad.runtime import resolve_device, resolve_precision
+        from zsad.device import resolve_device, resolve_precision
 
         torch_device = resolve_device(device)
         dtype = resolve_precision(precision, torch_device)

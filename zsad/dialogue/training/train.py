@@ -157,9 +157,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from zsad.adapters.folder import load_adapter
+    from zsad.device import resolve_device
     from zsad.dialogue.lvlm.lora import LoraSettings, apply_lora, save_lora
     from zsad.fileio import settle_dir
-    from zsad.runtime import resolve_device
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from zsad.adapters.folder import AdapterFolder, save_adapter
 from zsad.backbones.base import Backbone
 from zsad.errors import AdapterError
@@ -126,6 +124,3 @@ def load_prompt_adapter(path: str | Path, backbone: Backbone) -> PromptAdapter:
     extra = {k: folder.config.get(k) for k in ("training", "source", "metrics")}
     return PromptAdapter(settings=settings, learner=learner, path=Path(path), extra=extra)
 
-
-def adapter_tensor_count(tensors: dict[str, torch.Tensor]) -> int:
-    return int(sum(t.numel() for t in tensors.values()))

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from zsad.backbones.base import Backbone
+from zsad.device import autocast
 from zsad.errors import UsageError
-from zsad.runtime import autocast
 from zsad.scoring.maps import grid_to_image
 
 TEMPERATURE = 0.07

@@ -283,8 +283,8 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
     from tqdm.auto import tqdm
 
     from zsad.backbones import load_backbone
+    from zsad.device import resolve_device, resolve_precision
     from zsad.methods.anomalyclip.method import AnomalyClipMethod
-    from zsad.runtime import resolve_device, resolve_precision
 
     dist = dist or Dist()
     config.check()

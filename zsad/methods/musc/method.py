@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from zsad.backbones import BackboneSpec
 from zsad.backbones.activation import config_activation, config_image_size, openai_weights
 from zsad.backbones.base import Backbone, TokenOutput
+from zsad.device import autocast
 from zsad.errors import UsageError
 from zsad.methods.base import Method, Share
 from zsad.methods.musc.msm import musc_patch_scores
 from zsad.methods.musc.rscin import rscin
-from zsad.runtime import autocast
 from zsad.scoring.maps import grid_to_image, to_original_size
 from zsad.types import RawOutput
 
