@@ -64,6 +64,7 @@ from zsad.dialogue.training.judge import (
     parse_count,
     parse_type,
 )
+from zsad.errors import random_weights_message
 
 #: held-out bank entries that ask one dataset intent (intent, polarity): yes/no about any defect, type, where, count
 _BANK_INTENTS = {"anomaly": ("presence", "defect"), "type": ("type", None), "where": ("location", None),
@@ -173,7 +174,8 @@ def _responder(args: argparse.Namespace) -> Any:
                                    cache_dir=args.cache_dir)
     responder.max_new_tokens = args.max_new_tokens
     if responder.random_weights:
-        print(f"eval_dialogue: WARNING: LVLM '{args.lvlm}' has random weights: its answers are noise", file=sys.stderr)
+        print(f"eval_dialogue: WARNING: {random_weights_message(args.lvlm, 'its answers are noise', model='LVLM')}",
+              file=sys.stderr)
     return responder
 
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def random_weights_message(name: str, consequence: str = "scores are meaningless", *, model: str = "backbone") -> str:
+    """The one text saying that a model has random weights (tiny test models, ``ARCH:random``): whatever it
+    produces is ``consequence``. Tiny random models give meaningless numbers; zsad never hides that."""
+    return (f"{model} '{name}' has random weights: {consequence} (fine for tests and smoke runs; "
+            f"use real weights for inspection)")
+
+
 class ZsadError(Exception):
     """Base of every error caused by the user's input or environment, not by a bug.
 

@@ -8,11 +8,10 @@ import torch
 
 from zsad.backbones.clip import ClipBackbone, TokenOutput
 from zsad.backbones.names import DEFAULT_BACKBONE, TIMM_PREFIX, TINY_RANDOM, BackboneSpec, parse_backbone_name
-from zsad.errors import UsageError
+from zsad.errors import UsageError, random_weights_message
 
 log = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS_WARNING = "backbone '{name}' has random weights: its scores are meaningless (use it for tests, smoke runs and speed benchmarks only)"
 
 #: Backbones worth knowing about, for ``zsad models``; any open_clip ViT ``ARCH:TAG`` works too.
 KNOWN_BACKBONES: tuple[tuple[str, str], ...] = (
@@ -82,7 +81,7 @@ def load_backbone(
             raise UsageError(f"could not load backbone '{name}': {str(exc).splitlines()[0][:300]}") from exc
         tokenizer = open_clip.get_tokenizer(spec.arch)
     if spec.random_weights and warn_random:
-        log.warning(RANDOM_WEIGHTS_WARNING.format(name=name))
+        log.warning(random_weights_message(name))
     backbone = ClipBackbone(model, tokenizer, spec, image_size, mean, std, pos_interpolation, activation)
     return backbone.to(device)
 

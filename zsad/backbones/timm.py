@@ -27,7 +27,7 @@ from torch import nn
 
 from zsad.backbones.base import Backbone, TokenOutput
 from zsad.backbones.names import TIMM_PREFIX, TINY_DINO, BackboneSpec, parse_backbone_name
-from zsad.errors import UsageError
+from zsad.errors import UsageError, random_weights_message
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,8 @@ def load_timm_backbone(name: str, *, image_size: int = 518, device: torch.device
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
     if spec.random_weights and warn_random:
-        from zsad.backbones import RANDOM_WEIGHTS_WARNING
 
-        log.warning(RANDOM_WEIGHTS_WARNING.format(name=name))
+        log.warning(random_weights_message(name))
     return TimmBackbone(model, spec, image_size, mean, std).to(device)
 
 

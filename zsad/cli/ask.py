@@ -7,7 +7,7 @@ import json
 import sys
 
 from zsad.cli.options import add_method_option, add_model_options, warn_random_weights
-from zsad.errors import UsageError
+from zsad.errors import UsageError, random_weights_message
 
 
 def detector_adapter_kinds() -> set[str]:
@@ -81,8 +81,8 @@ def _responder(args: argparse.Namespace, lvlm_adapter: str | None, vocabulary):
         responder = LvlmResponder.load(args.lvlm, adapter=lvlm_adapter, device=args.device,
                                        precision=args.precision, cache_dir=args.cache_dir, vocabulary=vocabulary)
         if responder.random_weights:
-            print(f"zsad: WARNING: LVLM '{args.lvlm}' has random weights: its answer is noise (tests and smoke runs "
-                  f"only)", file=sys.stderr)
+            print(f"zsad: WARNING: {random_weights_message(args.lvlm, 'its answer is noise', model='LVLM')}",
+                  file=sys.stderr)
         return responder
     except ImportError as exc:
         reason = f"the dialogue extra is not installed ({exc}); pip install 'zsad[dialogue]'"

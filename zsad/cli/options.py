@@ -93,9 +93,10 @@ def add_method_option(p: argparse.ArgumentParser, what: str = "scoring method", 
 
 def warn_random_weights(model, name: str, what: str = "scores are meaningless") -> None:
     """The one warning that a run's numbers come from random weights (``model.random_weights``)."""
+    from zsad.errors import random_weights_message
+
     if getattr(model, "random_weights", False):
-        print(f"zsad: WARNING: backbone '{name}' has random weights: {what} "
-              f"(fine for tests and smoke runs; use real weights for inspection)", file=sys.stderr)
+        print(f"zsad: WARNING: {random_weights_message(name, what)}", file=sys.stderr)
 
 
 def parse_categories(text: str | None) -> tuple[str, ...] | None:

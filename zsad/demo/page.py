@@ -10,7 +10,7 @@ from typing import Any
 
 from zsad.demo.models import adapter_methods, method_choices
 from zsad.demo.table import CSV_COLUMNS
-from zsad.errors import UsageError, ZsadError
+from zsad.errors import UsageError, ZsadError, random_weights_message
 
 log = logging.getLogger("zsad.demo")
 
@@ -57,8 +57,8 @@ def build(app: Any):
         gr.Markdown("# zsad: zero-shot anomaly detection\nUpload images of one product (or pick the samples), "
                     "say what they show, and score. Click an image, then ask about it.")
         if app.random_weights:
-            gr.Markdown(f"**Warning:** backbone `{c.backbone}` has random weights: scores and maps are "
-                        "meaningless (fine for tests and smoke runs).", elem_id="zsad-random-warning")
+            gr.Markdown(f"**Warning:** {random_weights_message(c.backbone, 'scores and maps are meaningless')}",
+                        elem_id="zsad-random-warning")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 files = gr.File(label=f"Images (up to {c.max_files}, {c.max_file_mb} MB each)",

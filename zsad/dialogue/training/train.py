@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from zsad.errors import DatasetError, UsageError
+from zsad.errors import DatasetError, UsageError, random_weights_message
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     rows, record = _load_rows(config, out, write=main)
     model, processor, random_weights = _load_base(config)
     if random_weights and main:
-        print(f"zsad: WARNING: training on '{config.base}', a model with random weights: the adapter is only a smoke test",
+        print(f"zsad: WARNING: {random_weights_message(config.base, 'the adapter is only a smoke test', model='LVLM')}",
               file=sys.stderr)
     settings = LoraSettings(r=config.lora_r, alpha=2 * config.lora_r)
     model = apply_lora(model, settings)
