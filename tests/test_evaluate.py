@@ -61,7 +61,7 @@ def test_end_to_end_writes_metrics(dataset, tmp_path):
         record = json.loads((out / "categories" / f"{category}.json").read_text())
         assert record["n_images"] == 6 and record["seconds"] >= 0
         rows = (out / "per_image" / f"{category}.csv").read_text().splitlines()
-        assert rows[0] == ("path,label,score,defect_type,pred_defect_type,error,aupimo,top_defect_type,"
+        assert rows[0] == ("path,gt_label,score,gt_defect_type,pred_defect_type,error,aupimo,top_defect_type,"
                            "mapped_defect_type") and len(rows) == 7
     assert not list(out.rglob("*.tmp"))
 
@@ -76,7 +76,7 @@ def test_f1_thresholds_reach_the_reported_f1_max(dataset, tmp_path):
     summary = evaluate(_config(dataset, out, categories=("weave",)))
     with open(out / "per_image" / "weave.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    labels = [int(r["label"]) for r in rows]
+    labels = [int(r["gt_label"]) for r in rows]
     threshold = summary["f1_thresholds"]["weave"]["image"]
     decided = [int(float(r["score"]) >= threshold - 5e-7) for r in rows]  # the CSV rounds scores to 6 decimals
     assert f1_score(labels, decided) == pytest.approx(summary["categories"]["weave"]["image_f1_max"], abs=1e-9)
@@ -230,12 +230,12 @@ def test_per_type_breakdown_aupimo_and_type_naming_on_two_types(tmp_path):
     rows = _csv_rows(tmp_path / "eval" / "per_image" / "grain.csv")
     per_type = summary["defect_types"]["grain"]
     assert sorted(per_type) == ["hole", "scratch"]
-    normal = [r for r in rows if r["label"] == "0"]
+    normal = [r for r in rows if r["gt_label"] == "0"]
     for kind, found in per_type.items():
-        mine = [r for r in rows if r["defect_type"] == kind]
+        mine = [r for r in rows if r["gt_defect_type"] == kind]
         assert found["n_images"] == len(mine) == 2
         chosen = normal + mine
-        expected = roc_auc_score([int(r["label"]) for r in chosen], [float(r["score"]) for r in chosen])
+        expected = roc_auc_score([int(r["gt_label"]) for r in chosen], [float(r["score"]) for r in chosen])
         assert found["image_auroc"] == pytest.approx(expected, abs=1e-5)  # the CSV rounds scores to 6 decimals
         assert found["aupimo"] == pytest.approx(np.mean([float(r["aupimo"]) for r in mine]), abs=1e-6)
         assert 0.0 <= found["pixel_auroc"] <= 1.0 and 0.0 <= found["aupro"] <= 1.0
@@ -249,12 +249,12 @@ def test_per_type_breakdown_aupimo_and_type_naming_on_two_types(tmp_path):
     assert summary["categories"]["grain"]["aupimo"] == pytest.approx(stats["mean"])
 
     naming = summary["defect_type_naming"]["categories"]["grain"]
-    anomalous = [r for r in rows if r["label"] == "1"]
-    assert all(r["mapped_defect_type"] == r["defect_type"] for r in anomalous)  # both are vocabulary types
+    anomalous = [r for r in rows if r["gt_label"] == "1"]
+    assert all(r["mapped_defect_type"] == r["gt_defect_type"] for r in anomalous)  # both are vocabulary types
     assert all(r["top_defect_type"] for r in rows)  # clip names a type for every image
     assert naming["n_images"] == 4 and naming["unmapped"] == [] and naming["mapping"] == {"hole": "hole",
                                                                                          "scratch": "scratch"}
-    assert naming["accuracy"] == pytest.approx(np.mean([r["top_defect_type"] == r["defect_type"]
+    assert naming["accuracy"] == pytest.approx(np.mean([r["top_defect_type"] == r["gt_defect_type"]
                                                         for r in anomalous]))
 
 

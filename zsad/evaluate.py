@@ -220,7 +220,7 @@ def _per_image_csv(samples: Sequence[Sample], outcomes: Sequence[Outcome], found
     """The per-image table; without ``found`` (metrics not computed yet) the metric columns are empty."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label", "score", "defect_type", "pred_defect_type", "error", "aupimo",
+    writer.writerow(["path", "gt_label", "score", "gt_defect_type", "pred_defect_type", "error", "aupimo",
                      "top_defect_type", "mapped_defect_type"])
     n = len(samples)
     aupimo = found.aupimo_column if found and found.aupimo_column else [None] * n

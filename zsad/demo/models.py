@@ -60,16 +60,17 @@ class Models:
         self.random_weights: bool | None = None  # known once the backbone is loaded
         self._backbones: dict[str, Any] = {}  # pos_interpolation -> backbone
 
-    def _backbone(self, pos_interpolation: str):
-        from zsad.backbones import load_backbone
-        from zsad.device import resolve_device
+    def _backbone(self, cls):
+        """The backbone shared by the methods that resize position embeddings like ``cls``, loaded through the
+        builder (:func:`zsad.detector.backbone_for`) for the first of them."""
+        from zsad.detector import backbone_for
 
-        if pos_interpolation not in self._backbones:
+        if cls.pos_interpolation not in self._backbones:
             c = self.config
-            self._backbones[pos_interpolation] = load_backbone(
-                c.backbone, image_size=c.image_size, device=resolve_device(c.device), cache_dir=c.cache_dir,
-                pos_interpolation=pos_interpolation, warn_random=False)
-        return self._backbones[pos_interpolation]
+            self._backbones[cls.pos_interpolation] = backbone_for(
+                cls, c.backbone, image_size=c.image_size, device=c.device, activation=c.activation,
+                cache_dir=c.cache_dir, warn_random=False)
+        return self._backbones[cls.pos_interpolation]
 
     def detector(self, method: str, class_name: str | None = None, adapter: str | None = None):
         """The cached detector for ``(method, class, adapter)``, built on the shared backbone on first use; the
@@ -91,7 +92,7 @@ class Models:
             if self.config.prompts and cls.config_class is not None and "prompts" in {
                     f.name for f in dataclasses.fields(cls.config_class)}:
                 options["prompts"] = self.config.prompts
-            backbone = self._backbone(cls.pos_interpolation)
+            backbone = self._backbone(cls)
             self.random_weights = bool(backbone.random_weights)
             detector = zsad.create(method, backbone=backbone, precision=self.config.precision,
                                    batch_size=self.config.batch_size, class_name=class_name,
