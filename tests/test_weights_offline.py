@@ -9,9 +9,10 @@ import logging
 import socket
 import time
 
+import open_clip  # imported up front: the look-ups import it (and torch), which is not what is timed
 import pytest
 
-from zsad.backbones import weights
+from zsad import weights
 from zsad.errors import WeightsNotFoundError
 
 _real_connect = socket.socket.connect
@@ -115,7 +116,6 @@ def test_slow_dns_is_cut_short(monkeypatch):
 
 def test_listening_server_is_reachable_and_the_download_goes_ahead(no_network, monkeypatch, tmp_path):
     """With the server up, the probe passes and the download itself is attempted (stubbed here)."""
-    import open_clip
     from huggingface_hub import constants
 
     with socket.socket() as server:

@@ -48,7 +48,7 @@ def load_backbone(
                                   activation=activation, warn_random=warn_random)  # their own activation (GELU)
     import open_clip
 
-    from zsad.backbones import weights
+    from zsad import weights
     from zsad.backbones.activation import QUICK_GELU, check_activation, weights_activation
 
     if activation is not None:

@@ -109,7 +109,7 @@ def weights_activation(spec: BackboneSpec, *, cache_dir: str | None = None) -> s
         tagged = open_clip.get_pretrained_cfg(spec.arch, spec.source).get("quick_gelu")
         return QUICK_GELU if tagged else config_activation(spec)
     if spec.kind == "hf-hub":
-        from zsad.backbones.weights import hf_hub_model_config
+        from zsad.weights import hf_hub_model_config
 
         return QUICK_GELU if hf_hub_model_config(spec.source, cache_dir=cache_dir).get("quick_gelu") else GELU
     if openai_weights(spec):

@@ -127,7 +127,7 @@ def load_timm_backbone(name: str, *, image_size: int = 518, device: torch.device
     """Build a frozen timm backbone in fp32 on ``device`` from a ``timm:`` name (see :mod:`zsad.backbones.names`)."""
     import timm
 
-    from zsad.backbones import weights
+    from zsad import weights
 
     spec = parse_backbone_name(name)
     if spec.family != "timm":
@@ -178,7 +178,7 @@ def _tiny(spec: BackboneSpec, image_size: int) -> nn.Module:
     original DINOv2 release layout and resamples position embeddings)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    from zsad.backbones import weights
+    from zsad import weights
     from zsad.backbones.tiny_dino import build_tiny_dino
 
     if spec.kind != "file":
@@ -199,7 +199,7 @@ def resolve_timm_checkpoint(model_name: str, *, cache_dir: str | None = None, of
     from the Hub; a miss raises the same one-line message as for CLIP weights."""
     from timm.models import get_pretrained_cfg
 
-    from zsad.backbones import weights
+    from zsad import weights
 
     cfg = get_pretrained_cfg(model_name)
     if cfg is None or not getattr(cfg, "hf_hub_id", None):

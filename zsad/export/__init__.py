@@ -4,6 +4,6 @@ runtime="onnx", export=DIR)`` scores from that folder on ONNX Runtime with the s
 
 Modules: :mod:`.build` (the export), :mod:`.graph` (the ONNX graph), :mod:`.record` (what a method asks of its
 backbone), :mod:`.fidelity` (PyTorch vs export, measured at export), :mod:`.quantize` (int8 and its exclusion
-search), :mod:`.manifest` (``export.json`` and mismatch checks), :mod:`.runtime` (scoring from a folder). The
-ONNX backbone itself is :mod:`zsad.backbones.onnx`. Needs the ``onnx`` extra (``pip install "zsad[onnx]"``).
+search). Reading an export is a backbone kind: :mod:`zsad.backbones.export_folder` (``export.json`` and the
+mismatch checks) and :mod:`zsad.backbones.onnx` (``open_export``), opened by the builder (``zsad.create``). Needs the ``onnx`` extra (``pip install "zsad[onnx]"``).
 """

@@ -40,7 +40,7 @@ NO_SPELLINGS = ("No", " No", "no", " no", "NO")
 
 def resolve_lvlm_dir(model: str, *, cache_dir: str | None = None, offline: bool | None = None) -> str:
     """A local folder with the model's files: the path itself, the HF cache, or (online) a download."""
-    from zsad.backbones.weights import snapshot_dir
+    from zsad.weights import snapshot_dir
 
     local = Path(model).expanduser()
     if local.is_dir():
