@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zsad.decisions import check_unit
 from zsad.errors import UsageError
 
 
@@ -52,5 +53,7 @@ def check_config(config: DemoConfig) -> None:
 
 
 def check_threshold(threshold: float | None) -> None:
-    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
-        raise UsageError(f"threshold must be in [0, 1], got {threshold}")
+    """A threshold from the page or the command line (:func:`zsad.decisions.check_unit`, the one range check)."""
+    if threshold is None:
+        raise UsageError("threshold must be in [0, 1], got None")
+    check_unit(float(threshold), "threshold")
