@@ -48,7 +48,7 @@ def _check_z(Z: Tensor) -> None:
     if not Z.is_floating_point():
         raise UsageError(f"Z must be a floating-point tensor, got {Z.dtype}")
     if Z.shape[0] < 2:
-        raise BatchTooSmallError(f"mutual scoring needs at least 2 images, got {Z.shape[0]}")
+        raise BatchTooSmallError("musc", 2, int(Z.shape[0]))  # mutual scoring itself needs a pair
 
 
 def _check_fraction(top_fraction: float) -> None:
@@ -532,7 +532,7 @@ def musc_patch_scores(
     n, length = layers[0].shape[:2]
     across = comm is not None and comm.active
     if (sum(counts) if across else n) < 2:
-        raise BatchTooSmallError(f"mutual scoring needs at least 2 images, got {sum(counts) if across else n}")
+        raise BatchTooSmallError("musc", 2, sum(counts) if across else n)  # mutual scoring itself needs a pair
     total = torch.zeros(n, length, dtype=torch.float64, device=home)
     steps = len(rs) * len(layers) * _msm_steps(n, block, reference_size)
     with tqdm(total=steps, desc="mutual scoring", disable=not progress, leave=False) as bar:
