@@ -7,7 +7,14 @@ import logging
 import torch
 
 from zsad.backbones.clip import ClipBackbone, TokenOutput
-from zsad.backbones.names import DEFAULT_BACKBONE, TIMM_PREFIX, TINY_RANDOM, BackboneSpec, parse_backbone_name
+from zsad.backbones.names import (
+    DEFAULT_BACKBONE,
+    RADIO_PREFIX,
+    TIMM_PREFIX,
+    TINY_RANDOM,
+    BackboneSpec,
+    parse_backbone_name,
+)
 from zsad.errors import UsageError, random_weights_message
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,12 @@ def load_backbone(
     #771). ``auto`` is a per-method choice, resolved before this call (``Method.activation_for``).
     Random weights log a warning unless ``warn_random=False`` (the CLI prints its own).
     """
+    if name.strip().startswith(RADIO_PREFIX):  # RADIO v2.5 (AnomalyVFM's backbone): zsad.backbones.radio
+        from zsad.backbones.radio import load_radio_backbone
+
+        return load_radio_backbone(name.strip(), image_size=image_size, device=device, cache_dir=cache_dir,
+                                   offline=offline, activation=activation, pos_interpolation=pos_interpolation,
+                                   warn_random=warn_random)
     if name.strip().startswith(TIMM_PREFIX):  # vision-only timm models (DINOv2, DINOv3): zsad.backbones.timm
         from zsad.backbones.timm import load_timm_backbone
 

@@ -11,6 +11,8 @@ Accepted forms:
     ``timm:MODEL:random``          the same architecture with random weights
     ``timm:MODEL:/path/to/file``   a local file: a timm state dict or the original release's (timm converts it)
     ``timm:tiny-dinov2:random``    a tiny DINOv2-style model built from a config (tests, smoke runs)
+    ``radio:v2.5-l``               RADIO v2.5-L (AnomalyVFM's backbone; vision only), ``radio:v2.5-l:random``,
+                                   ``radio:v2.5-l:/path``; ``radio:tiny:random`` a tiny one built in code
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ TINY_RANDOM = "tiny-random"
 TIMM_PREFIX = "timm:"
 #: the tiny DINOv2-style timm model (``timm:tiny-dinov2:random``), built from a config in ``zsad.backbones.tiny_dino``
 TINY_DINO = "tiny-dinov2"
+RADIO_PREFIX = "radio:"
 
 SourceKind = Literal["tiny", "random", "tag", "file", "hf-hub"]
 
@@ -48,7 +51,7 @@ class BackboneSpec:
     @property
     def vision_only(self) -> bool:
         """No text tower: methods that compare images with sentences cannot run on it."""
-        return self.family == "timm"
+        return self.family in ("timm", "radio")
 
 
 def parse_backbone_name(name: str) -> BackboneSpec:
@@ -60,6 +63,8 @@ def parse_backbone_name(name: str) -> BackboneSpec:
         return BackboneSpec(name=name, kind="tiny", arch=TINY_RANDOM)
     if name.startswith(TIMM_PREFIX):
         return _parse_timm(name)
+    if name.startswith(RADIO_PREFIX):
+        return _parse_radio(name)
     if name.startswith("hf-hub:"):
         repo = name[len("hf-hub:"):]
         if repo.count("/") != 1:
@@ -92,3 +97,19 @@ def _parse_timm(name: str) -> BackboneSpec:
         raise UsageError(f"backbone '{name}': the tiny DINOv2 has no released weights; use "
                          f"{TIMM_PREFIX}{TINY_DINO}:random or {TIMM_PREFIX}{TINY_DINO}:/path/to/weights")
     return BackboneSpec(name=name, kind="tag", arch=model, family="timm")
+
+
+def _parse_radio(name: str) -> BackboneSpec:
+    """``radio:ARCH``, ``radio:ARCH:random`` or ``radio:ARCH:/path`` (ARCH: v2.5-l, or tiny with random or a file)."""
+    arch, sep, rest = name[len(RADIO_PREFIX):].partition(":")
+    if not arch or (sep and not rest):
+        raise UsageError(f"backbone '{name}': expected radio:v2.5-l, radio:v2.5-l:random, radio:v2.5-l:/path/to/weights "
+                         f"or radio:tiny:random")
+    if rest == "random":
+        return BackboneSpec(name=name, kind="random", arch=arch, family="radio")
+    if rest:
+        return BackboneSpec(name=name, kind="file", arch=arch, source=rest, family="radio")
+    if arch == "tiny":
+        raise UsageError(f"backbone '{name}': the tiny RADIO has no released weights; use radio:tiny:random or "
+                         f"radio:tiny:/path/to/weights")
+    return BackboneSpec(name=name, kind="tag", arch=arch, family="radio")

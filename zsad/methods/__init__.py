@@ -19,6 +19,7 @@ METHODS = MappingProxyType({
     "anomalyclip": ("zsad.methods.anomalyclip.method", "AnomalyClipMethod"),
     "clip": ("zsad.methods.clip", "ClipMethod"),
     "musc": ("zsad.methods.musc.method", "MuscMethod"),
+    "vfm": ("zsad.methods.vfm.method", "VfmMethod"),
 })
 #: what ``zsad.create()`` and every command build when no method is named: MuSc fused with clip, which degrades to
 #: clip alone below MuSc's batch size, so it serves one image and a whole folder alike
