@@ -286,10 +286,10 @@ LAYOUT_PREFIXES = ("radio_model.", "model.net.", "net.")
 _IGNORED_PREFIXES = ("adaptors.", "input_conditioner.")
 
 
-def to_zsad_layout(state: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def to_zsad_layout(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
     """An official RADIO state dict (any of :data:`LAYOUT_PREFIXES`, the torch-hub checkpoint's ``base_model.``,
-    or zsad's own) as (zsad's keys, the input conditioner's ``norm_mean`` / ``norm_std``). Keys zsad does not know
-    are dropped with one warning; :func:`load_state` refuses what is missing or misshapen."""
+    or zsad's own) as (zsad's keys, the input conditioner's ``norm_mean`` / ``norm_std``, the keys zsad does not
+    know); :func:`load_state` refuses what is missing or misshapen."""
     prefix = next((p for p in LAYOUT_PREFIXES if any(k.startswith(p) for k in state)), "")
     out: dict[str, torch.Tensor] = {}
     conditioner: dict[str, torch.Tensor] = {}
@@ -308,9 +308,7 @@ def to_zsad_layout(state: dict[str, torch.Tensor], where: str) -> tuple[dict[str
             out[name] = value
         else:
             unknown.append(key)
-    if unknown:
-        log.warning("%s: ignoring %d tensors zsad does not know (first: %s)", where, len(unknown), unknown[0])
-    return out, conditioner
+    return out, conditioner, unknown
 
 
 _TOP_KEYS = frozenset({"patch_embed.weight", "prefix", "pos_embed", "summary_idxs"})
@@ -418,12 +416,18 @@ def load_radio_backbone(name: str, *, image_size: int = 768, device: torch.devic
         raise UsageError(f"--activation {activation} applies to CLIP backbones; RADIO runs its own (gelu)")
     if pos_interpolation not in POS_MODES:
         pos_interpolation = "bilinear"
-    model = build_radio(spec.arch)
-    mean, std = CLIP_MEAN, CLIP_STD
+    if spec.arch not in CONFIGS:
+        raise UsageError(f"unknown RADIO architecture '{spec.arch}' (known: {', '.join(CONFIGS)})")
+    path = None  # found before the model is built: a missing file fails at once
     if not spec.random_weights:
         path = resolve_radio_checkpoint(cache_dir=cache_dir, offline=offline) if spec.kind == "tag" \
             else weights.check_weights_file(spec.source)
-        state, conditioner = to_zsad_layout(read_weights_file(path), path)
+    model = build_radio(spec.arch)
+    mean, std = CLIP_MEAN, CLIP_STD
+    if path is not None:
+        state, conditioner, unknown = to_zsad_layout(read_weights_file(path))
+        if unknown:
+            log.warning("%s: ignoring %d tensors zsad does not know (first: %s)", path, len(unknown), unknown[0])
         load_state(model, state, path)
         if "norm_mean" in conditioner and "norm_std" in conditioner:
             mean = tuple(conditioner["norm_mean"].float().view(-1).tolist())

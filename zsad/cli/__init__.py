@@ -22,12 +22,12 @@ ERROR_LOG = "zsad-error.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from zsad.cli import adapters, ask, demo, evaluate, export, models, score, synthetic, train_dialogue
+    from zsad.cli import adapters, ask, demo, evaluate, export, models, score, synthetic, train_dialogue, train_vfm
 
     parser = argparse.ArgumentParser(prog="zsad", description="Zero-shot anomaly detection with vision-language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (score, evaluate, adapters, ask, train_dialogue, demo, models, synthetic, export):
+    for module in (score, evaluate, adapters, train_vfm, ask, train_dialogue, demo, models, synthetic, export):
         module.add_parser(sub)
     return parser
 

@@ -2,6 +2,7 @@
 
     zsad train-prompts --data ROOT --out adapters/NAME [--format auto] [--backbone NAME] [--epochs 15] ...
     zsad adapters import-anomalyclip CKPT --out DIR [--backbone NAME] [--trained-on TEXT]
+    zsad adapters import-anomalyvfm FILE --out DIR [--image-size 768] [--no-backbone] [--trained-on TEXT]
     zsad adapters info DIR [--backbone NAME]
     zsad adapters add-metrics DIR EVAL_OUT/metrics.json --name DATASET
 """
@@ -85,6 +86,18 @@ def add_adapters_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     imp.add_argument("--image-size", type=int, default=518, help="training image size (default 518)")
     imp.set_defaults(func=cmd_import_anomalyclip)
 
+    vfm = commands.add_parser("import-anomalyvfm",
+                              help="convert a released AnomalyVFM checkpoint (model.pkl or the Hub's model.safetensors) "
+                                   "into an adapter folder")
+    vfm.add_argument("checkpoint", metavar="FILE")
+    vfm.add_argument("--out", required=True, metavar="DIR", help="adapter folder to write")
+    vfm.add_argument("--image-size", type=int, default=768, help="training image size (default 768, RADIO's)")
+    vfm.add_argument("--no-backbone", action="store_true",
+                     help="do not store the checkpoint's backbone weights (DIR/backbone.safetensors, ~1.2 GB); the "
+                          "backbone then comes from its own release (radio:v2.5-l)")
+    vfm.add_argument("--trained-on", default=None, help="what it was trained on (recorded in adapter.json)")
+    vfm.set_defaults(func=cmd_import_anomalyvfm)
+
     info = commands.add_parser("info", help="print an adapter's adapter.json and check it")
     info.add_argument("folder", metavar="DIR")
     info.add_argument("--backbone", default=None, help="also check that the adapter was made for this backbone")
@@ -135,6 +148,21 @@ def cmd_import_anomalyclip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_anomalyvfm(args: argparse.Namespace) -> int:
+    from zsad.adapters import read_adapter_config
+    from zsad.methods.vfm.adapter import VfmSettings
+    from zsad.methods.vfm.official import import_checkpoint
+
+    out = import_checkpoint(args.checkpoint, args.out, image_size=args.image_size, with_backbone=not args.no_backbone,
+                            trained_on=args.trained_on)
+    settings = VfmSettings.from_config(read_adapter_config(out), str(out))
+    arch = settings.backbone.split(":")[1]
+    backbone = f"radio:{arch}:{out / settings.backbone_weights}" if settings.backbone_weights else settings.backbone
+    print(f"zsad: imported {args.checkpoint} -> {out}; score with zsad score --method vfm --adapter {out} "
+          f"--backbone {backbone} --image-size {settings.image_size} IMAGES", file=sys.stderr)
+    return 0
+
+
 def check_known_kind(folder: AdapterFolder, backbone: Backbone | None) -> None:
     """Validator for folders of any kind: the checks of the kinds zsad's methods define (fields, tensor shapes)."""
     from zsad.methods.anomalyclip.adapter import KIND as PROMPTS
@@ -142,6 +170,11 @@ def check_known_kind(folder: AdapterFolder, backbone: Backbone | None) -> None:
 
     if folder.kind == PROMPTS:
         check_folder(folder, backbone)
+    from zsad.methods.vfm.adapter import KIND as VFM
+    from zsad.methods.vfm.adapter import check_folder as check_vfm
+
+    if folder.kind == VFM:
+        check_vfm(folder, backbone)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -107,18 +107,16 @@ class VfmModules(nn.Module):
         return modules
 
 
-def random_modules(backbone: Backbone, seed: int = 0) -> VfmModules:
+def random_modules(backbone: Backbone, seed: int = 0, rank: int = DEFAULT_RANK) -> VfmModules:
     """Seeded random trained parts for ``backbone`` with non-zero adapters (random ``lora_B``, magnitudes off the
     row norms): what a smoke run on random weights uses, and what tests compare implementations with."""
-    settings = VfmSettings.for_backbone(backbone)
+    settings = VfmSettings.for_backbone(backbone, rank=rank)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         modules = VfmModules(settings)
-        params = dict(backbone.named_parameters())
+        modules.dora.reset_magnitudes(backbone)
         with torch.no_grad():
-            for block, target in zip(modules.dora.blocks, targets(backbone)):
-                block.qkv.reset_magnitude(params[target.qkv].detach().float().cpu())
-                block.proj.reset_magnitude(params[target.proj].detach().float().cpu())
+            for block in modules.dora.blocks:
                 for name, p in block.named_parameters():
                     if "lora_B" in name:
                         p.normal_(0.0, 0.5)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +55,7 @@ class DoraLinear(nn.Module):
 
     def reset_magnitude(self, base: torch.Tensor) -> None:
         with torch.no_grad():
-            self.magnitude.copy_(base.norm(dim=1))
+            self.magnitude.copy_(base.norm(dim=1).to(self.magnitude.device))
 
 
 class DoraQkv(nn.Module):
@@ -79,8 +79,8 @@ class DoraQkv(nn.Module):
     def reset_magnitude(self, base: torch.Tensor) -> None:
         q, _, v = base.chunk(3, dim=0)
         with torch.no_grad():
-            self.mag_q.copy_(q.norm(dim=1))
-            self.mag_v.copy_(v.norm(dim=1))
+            self.mag_q.copy_(q.norm(dim=1).to(self.mag_q.device))
+            self.mag_v.copy_(v.norm(dim=1).to(self.mag_v.device))
 
 
 class DoraBlock(nn.Module):
@@ -134,12 +134,16 @@ class DoraSet(nn.Module):
         """Freshly initialised adapters for ``backbone`` (the official init: ``B = 0``, magnitudes = row norms)."""
         found = targets(backbone)
         params = dict(backbone.named_parameters())
-        width = params[found[0].proj].shape[0]
-        dora = cls(len(found), width, rank, alpha).to(params[found[0].proj].device)
-        for block, target in zip(dora.blocks, found):
-            block.qkv.reset_magnitude(params[target.qkv])
-            block.proj.reset_magnitude(params[target.proj])
+        dora = cls(len(found), params[found[0].proj].shape[0], rank, alpha)
+        dora.reset_magnitudes(backbone)
         return dora
+
+    def reset_magnitudes(self, backbone: Backbone) -> None:
+        """Magnitudes = the row norms of ``backbone``'s frozen weights (DoRA's initialisation)."""
+        params = dict(backbone.named_parameters())
+        for block, target in zip(self.blocks, targets(backbone)):
+            block.qkv.reset_magnitude(params[target.qkv].detach().float().cpu())
+            block.proj.reset_magnitude(params[target.proj].detach().float().cpu())
 
     def adapted(self, backbone: Backbone) -> dict[str, torch.Tensor]:
         """Qualified parameter name -> adapted weight, for every target (differentiable w.r.t. the adapters)."""
@@ -165,6 +169,25 @@ def fold(backbone: Backbone, dora: DoraSet) -> Backbone:
     memo = {id(t): t for t in itertools.chain(backbone.parameters(), backbone.buffers())}
     memo.update(replace)
     return copy.deepcopy(backbone, memo=memo)
+
+
+class _Call(nn.Module):
+    """``fn(backbone, *args)`` as a module, so :func:`torch.func.functional_call` can swap the backbone's weights."""
+
+    def __init__(self, backbone: Backbone, fn: Callable) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(self.backbone, *args)
+
+
+def run_adapted(backbone: Backbone, dora: DoraSet, fn: Callable, *args):
+    """``fn(backbone, *args)`` with the adapted weights in place of the frozen ones, computed now from the adapters
+    (training: gradients reach the adapters; the backbone's own weights are untouched)."""
+    weights = {f"backbone.{name}": weight for name, weight in dora.adapted(backbone).items()}
+    return torch.func.functional_call(_Call(backbone, fn), weights, args, strict=False)
 
 
 def named_tensors(dora: DoraSet) -> Iterator[tuple[str, torch.Tensor]]:

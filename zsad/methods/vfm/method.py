@@ -35,6 +35,7 @@ from zsad.methods.base import Method
 from zsad.methods.vfm.adapter import KIND, VfmAdapter, VfmSettings, load_vfm_adapter, random_modules
 from zsad.methods.vfm.decoder import ORDERS, logits_to_map
 from zsad.methods.vfm.dora import fold
+from zsad.methods.vfm.features import vfm_features
 from zsad.scoring.maps import to_original_size
 from zsad.types import RawOutput
 
@@ -142,15 +143,4 @@ class VfmMethod(Method):
         for i, size in enumerate(sizes):
             yield RawOutput(image_score=float(scores[i]), anomaly_map=to_original_size(maps[i][None], [size])[0],
                             method=self.name, extras={"map_max": float(maps[i].max())})
-
-
-def vfm_features(backbone: Backbone, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """AnomalyVFM's two inputs from any backbone's last block: the summary (``cls_raw``: RADIO's three summary
-    tokens, a ViT's class token) and the patch tokens as a ``[B, C, g, g]`` grid."""
-    last = backbone.num_layers - 1
-    out = backbone.tokens(images, [last])
-    patches = out.layers[last][:, 1:]
-    batch, tokens, width = patches.shape
-    side = int(round(tokens ** 0.5))
-    return out.cls_raw, patches.transpose(1, 2).reshape(batch, width, side, side)
 

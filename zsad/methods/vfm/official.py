@@ -1,0 +1,155 @@
+"""Importing AnomalyVFM's released checkpoints into an adapter folder (``zsad adapters import-anomalyvfm``).
+
+Two layouts (MaticFuc/AnomalyVFM): ``model.pkl`` written by ``train.py`` (``model_state_dict`` of the backbone
+wrapper, keys ``net.…``; ``decoder_state_dict``; ``predictor_state_dict``) and the Hub release's
+``model.safetensors`` (``hf_model.py``'s ``AnomalyVFM``: ``model.net.…``, ``decoder.…``, ``predictor.…``). Both
+hold the whole model: the frozen RADIO weights (under each wrapped layer's ``.layer``), the DoRA tensors
+(``lora_A_q`` … ``mag_v`` on ``qkv``, ``lora_A`` / ``lora_B`` / ``magnitude`` on ``proj``), the decoder and the
+head. Files are read as tensors only (safetensors, or ``torch.load(weights_only=True)``); keys or shapes that do
+not fit are refused in one line.
+
+The folder gets the DoRA tensors, decoder and head (``weights.safetensors``) and, unless ``with_backbone`` is off,
+the backbone weights in zsad's RADIO layout (``backbone.safetensors``, about 1.2 GB for ViT-L): score with
+``--backbone radio:v2.5-l:DIR/backbone.safetensors``. Without it, the backbone comes from its own release
+(``radio:v2.5-l``: ``nvidia/RADIO-L`` in the Hugging Face cache); AnomalyVFM trains with the backbone frozen, so
+both are the same weights up to the precision they were stored in.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from zsad.errors import AdapterError
+from zsad.fileio import atomic_dir
+from zsad.methods.vfm.adapter import BACKBONE_WEIGHTS, KIND, VfmModules, VfmSettings
+
+_DORA_QKV = ("lora_A_q", "lora_B_q", "lora_A_v", "lora_B_v", "mag_q", "mag_v")
+_DORA_PROJ = ("lora_A", "lora_B", "magnitude")
+_WRAPPED = re.compile(r"^model\.blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$")
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
+    """(backbone wrapper's tensors without their ``net.`` prefix, decoder's, head's) of either official layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            flat = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AdapterError(f"{path}: not a readable safetensors file ({exc})") from None
+        groups = _split(flat, {"model.net.": "net", "decoder.": "decoder", "predictor.": "predictor"}, path)
+        return groups["net"], groups["decoder"], groups["predictor"]
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types; all mean "not tensors only"
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise AdapterError(f"{path}: cannot be read as tensors only (weights_only=True): {first}") from None
+    names = ("model_state_dict", "decoder_state_dict", "predictor_state_dict")
+    if not isinstance(data, dict) or not all(isinstance(data.get(n), dict) for n in names):
+        raise AdapterError(f"{path}: not an AnomalyVFM checkpoint (expected a dict with {', '.join(names)})")
+    model = _split(dict(data["model_state_dict"]), {"net.": "net"}, path)["net"]
+    return model, dict(data["decoder_state_dict"]), dict(data["predictor_state_dict"])
+
+
+def _split(state: dict, prefixes: dict[str, str], path: Path) -> dict[str, dict]:
+    groups: dict[str, dict] = {name: {} for name in prefixes.values()}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            raise AdapterError(f"{path}: unexpected tensor {key!r} (not an AnomalyVFM RADIO checkpoint; expected keys "
+                               f"under {', '.join(prefixes)})")
+        groups[prefixes[prefix]][key[len(prefix):]] = value
+    return groups
+
+
+def split_adapters(net: dict, path: Path) -> tuple[dict, dict]:
+    """The wrapper's tensors as (plain RADIO tensors in the official layout, zsad's ``dora.blocks.…`` tensors)."""
+    base: dict = {}
+    dora: dict = {}
+    for key, value in net.items():
+        found = _WRAPPED.match(key)
+        if not found:
+            base[key] = value
+            continue
+        block, which, rest = found.groups()
+        if rest.startswith("layer."):
+            base[f"model.blocks.{block}.attn.{which}.{rest[len('layer.'):]}"] = value
+        elif rest in (_DORA_QKV if which == "qkv" else _DORA_PROJ):
+            dora[f"dora.blocks.{block}.{which}.{rest}"] = value
+        elif rest in ("weight", "bias"):
+            raise AdapterError(f"{path}: {key!r} is not wrapped by an adapter: a checkpoint without DoRA (zsad "
+                               f"imports AnomalyVFM's DoRA checkpoints only)")
+        else:
+            raise AdapterError(f"{path}: unexpected adapter tensor {key!r} (zsad imports DoRA; LoRA and VPT "
+                               f"checkpoints are not supported)")
+    if not dora:
+        raise AdapterError(f"{path}: no DoRA tensors found (lora_A_q ... magnitude)")
+    return base, dora
+
+
+def _arch(width: int, depth: int, path: Path) -> str:
+    from zsad.backbones.radio import CONFIGS
+
+    for name, config in CONFIGS.items():
+        if (config.width, config.depth) == (width, depth):
+            return name
+    raise AdapterError(f"{path}: a RADIO of width {width} and depth {depth} is none zsad knows "
+                       f"({', '.join(f'{n}: {c.width}x{c.depth}' for n, c in CONFIGS.items())})")
+
+
+def import_checkpoint(path: str | Path, out: str | Path, *, image_size: int = 768, with_backbone: bool = True,
+                      trained_on: str | None = None) -> Path:
+    """Convert an official checkpoint into the adapter folder ``out`` (written whole, atomically)."""
+    from safetensors.torch import save_file
+
+    from zsad.adapters.folder import write_adapter_files
+    from zsad.backbones.radio import build_radio, load_state, to_zsad_layout
+
+    path = Path(path)
+    net, decoder, predictor = read_checkpoint(path)
+    base, dora = split_adapters(net, path)
+    state, conditioner, unknown = to_zsad_layout(base)
+    if unknown:
+        raise AdapterError(f"{path}: unexpected tensor {unknown[0]!r} ({len(unknown)} tensors zsad does not know)")
+    if "patch_embed.weight" not in state:
+        raise AdapterError(f"{path}: no RADIO patch embedding (model.patch_generator.embedder.weight)")
+    width = int(state["patch_embed.weight"].shape[0])
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    arch = _arch(width, depth, path)
+    model = build_radio(arch)
+    try:
+        load_state(model, state, str(path))
+    except Exception as exc:  # a UsageError from the shape checks: the file is at fault, so say it as such
+        raise AdapterError(str(exc)) from None
+    ranks = {int(v.shape[0]) for k, v in dora.items() if k.endswith(("lora_A", "lora_A_q", "lora_A_v"))}
+    if len(ranks) != 1:
+        raise AdapterError(f"{path}: the DoRA tensors have ranks {sorted(ranks)}; one rank expected")
+    summary_dim = int(predictor["lin.weight"].shape[1]) if "lin.weight" in predictor else -1
+    settings = VfmSettings(backbone=f"radio:{arch}" if arch != "tiny" else "radio:tiny:random", image_size=image_size,
+                           depth=depth, width=width, summary_dim=summary_dim, rank=ranks.pop(),
+                           backbone_weights=BACKBONE_WEIGHTS if with_backbone else None)
+    tensors = {**dora, **{f"decoder.{k}": v for k, v in decoder.items()},
+               **{f"head.{k[len('lin.'):]}": v for k, v in predictor.items() if k.startswith("lin.")}}
+    if any(not k.startswith("lin.") for k in predictor):
+        raise AdapterError(f"{path}: unexpected head tensor {next(k for k in predictor if not k.startswith('lin.'))!r}")
+    VfmModules.from_tensors(settings, tensors, str(path))  # every key and shape checked before anything is written
+    source = {"kind": "anomalyvfm-official", "file": path.name, "layout": "hub" if path.suffix == ".safetensors"
+              else "train.py", **({"trained_on": trained_on} if trained_on else {})}
+    config = {**settings.to_config(), "training": {}, "source": source, "metrics": {}}
+    with atomic_dir(out) as folder:
+        write_adapter_files(folder, KIND, config, {k: v.float() for k, v in tensors.items()})
+        if with_backbone:
+            weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+            for key in ("norm_mean", "norm_std"):
+                if key in conditioner:
+                    weights[f"input_conditioner.{key}"] = conditioner[key].float().contiguous()
+            save_file(weights, str(folder / BACKBONE_WEIGHTS))
+    return Path(out)
+
