@@ -45,9 +45,13 @@ def adapter(tmp_path_factory):
     return str(folder)
 
 
+#: methods that run only on a vision-only DINOv2 get the tiny random one; the others the tiny CLIP
+BACKBONES = {"anomalydino": "timm:tiny-dinov2:random"}
+
+
 def _create(name: str, adapter: str, batch_size: int = 8) -> Detector:
     options = {"adapter": adapter} if name == "anomalyclip" else {}
-    return zsad.create(name, backbone="tiny-random", image_size=SIZE, device="cpu", precision="fp32",
+    return zsad.create(name, backbone=BACKBONES.get(name, "tiny-random"), image_size=SIZE, device="cpu", precision="fp32",
                        batch_size=batch_size, warn_random=False, **options)
 
 

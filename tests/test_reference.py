@@ -162,10 +162,10 @@ def test_draw_references_is_seeded_and_takes_normal_train_images(tmp_path):
 
     make_dataset(tmp_path, categories=["grain"], n_train_good=6, n_test_good=1, n_test_defect=1, size=32)
     dataset = open_dataset(tmp_path)
-    first = draw_references(dataset, "grain", 3, seed=1)
-    assert first == draw_references(dataset, "grain", 3, seed=1)
+    first = draw_references(dataset, "grain", 3, seed=1, draw="random")
+    assert first == draw_references(dataset, "grain", 3, seed=1, draw="random")
     assert len(set(first)) == 3 and all("train" in p.parts and "good" in p.parts for p in first)
-    assert {tuple(draw_references(dataset, "grain", 3, seed=s)) for s in range(6)} != {tuple(first)}
+    assert {tuple(draw_references(dataset, "grain", 3, seed=s, draw="random")) for s in range(6)} != {tuple(first)}
 
 
 def test_evaluate_with_reference_shots_over_two_seeds(tmp_path, capsys):
@@ -182,7 +182,7 @@ def test_evaluate_with_reference_shots_over_two_seeds(tmp_path, capsys):
     assert code == 0
     for seed in (0, 1):
         summary = json.loads((out / f"seed-{seed}" / "metrics.json").read_text())
-        assert summary["references"] == {"shots": 2, "seed": seed}
+        assert summary["references"] == {"shots": 2, "seed": seed, "draw": "slice"}
     seeds = json.loads((out / "metrics_seeds.json").read_text())
     assert seeds["seeds"] == [0, 1] and "image_auroc" in seeds["metrics"]
     assert "2-shot over seeds 0, 1" in capsys.readouterr().out

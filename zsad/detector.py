@@ -101,10 +101,10 @@ class Detector:
 def create(
     method: str = DEFAULT_METHOD,
     *,
-    backbone: str | Backbone = DEFAULT_BACKBONE,
+    backbone: str | Backbone | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
-    image_size: int = 518,
+    image_size: int | None = None,
     batch_size: int = 8,
     threshold: float = DEFAULT_THRESHOLD,
     class_name: str | None = None,
@@ -127,21 +127,30 @@ def create(
     ``activation`` is the backbone's MLP activation, ``gelu`` or ``quick_gelu``; ``auto`` (default) is what the
     method's published code used (:func:`resolve_activation`). ``detector.backbone.activation`` says which ran.
     ``references`` (known-good images: paths or PIL) score every image against them instead
-    (:mod:`zsad.methods.reference`; ``method`` then only says whether groups are scored jointly: musc, auto).
+    (:mod:`zsad.methods.reference`; ``method`` then only says whether groups are scored jointly: musc, auto), or
+    the method's own ``reference_scorer`` (``anomalydino``: AnomalyDINO's few-shot scoring).
     ``runtime="onnx"`` (or ``"onnx-int8"``) with ``export=DIR`` (made by ``zsad export``) opens that folder as
     the backbone: the forward runs on ONNX Runtime, needing no PyTorch weights; with ``references`` the folder
     must be a ``musc`` export (reference scoring uses MuSc's patch tokens).
+    ``backbone`` / ``image_size`` left out: the scoring class's defaults (:func:`default_model`).
     """
-    if image_size < 14:
-        raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     base = method_class(method)
     scoring = base
     if references is not None:
         from zsad.methods.reference import ReferenceMethod
 
-        scoring = ReferenceMethod
+        scoring = base.reference_scorer or ReferenceMethod
         method_options = {"batch_size": batch_size, **method_options}
+    default_backbone, default_size = default_model(method, references=references is not None)
+    backbone = default_backbone if backbone is None else backbone
+    image_size = default_size if image_size is None else image_size
+    if image_size < 14:
+        raise UsageError(f"image size must be at least 14 pixels, got {image_size}")
     exported = runtime != "torch" or export is not None
+    if (exported or (isinstance(backbone, Backbone) and backbone.export is not None)) and not (
+            scoring.exportable or scoring.feature_method):
+        raise UsageError(f"method '{scoring.name}' cannot score from an ONNX export (it prepares images its own way); "
+                         f"use --runtime torch")
     if exported:
         _check_runtime(runtime, export, backbone, precision)
         from zsad.backbones.export_folder import read_manifest
@@ -173,6 +182,16 @@ def create(
         built.set_references(list(references))
     detector = Detector(built, batch_size=batch_size, thresholds=Thresholds(threshold))
     return detector
+
+
+def default_model(method: str | type[Method], *, references: bool = False) -> tuple[str, int]:
+    """The backbone name and input size ``create(method)`` uses when none is given: the scoring class's own
+    (``default_backbone``, ``default_image_size``; with ``references`` its ``reference_scorer``'s), else the
+    library's (CLIP ViT-L/14@336 at 518)."""
+    cls = method_class(method) if isinstance(method, str) else method
+    scoring = (cls.reference_scorer or cls) if references else cls
+    return (scoring.default_backbone or cls.default_backbone or DEFAULT_BACKBONE,
+            scoring.default_image_size or cls.default_image_size or 518)
 
 
 def backbone_for(method: str | type[Method], backbone: str | Backbone = DEFAULT_BACKBONE, *, image_size: int = 518,
@@ -252,4 +271,4 @@ def score(paths: Iterable[ImageLike], method: str = "clip", **kwargs) -> list[An
     return create(method, **kwargs).score(paths, class_name=class_name)
 
 
-__all__ = ["Detector", "create", "resolve_activation", "score"]
+__all__ = ["Detector", "create", "default_model", "resolve_activation", "score"]

@@ -102,6 +102,8 @@ class EvaluateConfig:
     #: (:mod:`zsad.methods.reference`); None = zero-shot
     reference_shots: int | None = None
     reference_seed: int = 0
+    #: how the shots are chosen (:mod:`zsad.methods.reference.shots`): ``slice`` (AnomalyDINO's protocol) or ``random``
+    reference_draw: str = "slice"
 
 
 def _sha256(path: Path) -> str | None:
@@ -125,6 +127,7 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
     found["format"] = dataset.format
     if config.reference_shots:  # recorded only when set, so zero-shot runs keep their old signature
         found["reference_shots"], found["reference_seed"] = config.reference_shots, config.reference_seed
+        found["reference_draw"] = config.reference_draw
     prompts = config.method_options.get("prompts")
     if prompts:
         found["prompts_sha256"] = _sha256(Path(prompts))
@@ -139,10 +142,12 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
 def _activation(config: EvaluateConfig) -> str:
     from zsad.detector import resolve_activation
 
-    if config.reference_shots:  # scored against references: MuSc's features, so MuSc's activation
+    if config.reference_shots:  # scored against references: the scorer's activation (MuSc's for the MuSc bank)
+        from zsad.methods import method_class
         from zsad.methods.reference import ReferenceMethod
 
-        return resolve_activation(ReferenceMethod, config.backbone, config.image_size, config.activation)
+        scorer = method_class(config.method).reference_scorer or ReferenceMethod
+        return resolve_activation(scorer, config.backbone, config.image_size, config.activation)
     return resolve_activation(config.method, config.backbone, config.image_size, config.activation)
 
 
@@ -569,7 +574,8 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
             if config.reference_shots:
                 from zsad.methods.reference import draw_references
 
-                references = draw_references(dataset, category, config.reference_shots, config.reference_seed)
+                references = draw_references(dataset, category, config.reference_shots, config.reference_seed,
+                                             config.reference_draw)
                 if detector is not None:
                     detector.method.set_references(references)
             if detector is None:
@@ -578,6 +584,7 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
                                        batch_size=config.batch_size, warn_random=False, references=references,
                                        activation=signature["activation"], **config.method_options)
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
+            detector.method.dataset_defaults(dataset.format, category)  # e.g. AnomalyDINO's per-category masking
             started = time.perf_counter()
             outcomes = _score_category(detector, category, samples, config.progress and dist.is_main)
             seconds = time.perf_counter() - started
@@ -608,7 +615,8 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
         "mean": _mean(finished),
         "f1_thresholds": {r.category: r.f1_thresholds for r in finished},
         "n_failed": {r.category: r.n_failed for r in finished},
-        **({"references": {"shots": config.reference_shots, "seed": config.reference_seed}}
+        **({"references": {"shots": config.reference_shots, "seed": config.reference_seed,
+                           "draw": config.reference_draw}}
            if config.reference_shots else {}),
         **_extra_summary(finished, config.aupimo_fpr_bounds),
     }

@@ -257,7 +257,7 @@ class Runner:
             yield items[start:start + self.batch_size]
 
     def extract(self, images: Sequence[Image.Image]) -> Any:
-        return self.method.extract(self.method.backbone.preprocess(list(images)))
+        return self.method.extract(self.method.preprocess(list(images)))
 
     def raw_independent(self, images: Sequence[Image.Image]) -> list[RawOutput]:
         return list(self.method.raw(self.extract(images), [img.size for img in images]))

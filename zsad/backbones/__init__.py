@@ -58,7 +58,13 @@ def load_backbone(
         from zsad.backbones.timm import load_timm_backbone
 
         return load_timm_backbone(name, image_size=image_size, device=device, cache_dir=cache_dir, offline=offline,
-                                  activation=activation, warn_random=warn_random)  # their own activation (GELU)
+                                  activation=activation, warn_random=warn_random,  # their own activation (GELU)
+                                  pos_interpolation=pos_interpolation)
+    from zsad.backbones.dinov2_hub import DINOV2_HUB
+
+    if pos_interpolation == DINOV2_HUB:
+        raise UsageError(f"backbone '{name}' is a CLIP model; this method runs DINOv2 as its hub model does: use a "
+                         f"timm DINOv2 backbone, e.g. timm:vit_small_patch14_dinov2.lvd142m")
     import open_clip
 
     from zsad import weights

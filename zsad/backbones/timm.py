@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from zsad.backbones.base import Backbone, TokenOutput
+from zsad.backbones.dinov2_hub import DINOV2_HUB, hub_tokens
 from zsad.backbones.names import TIMM_PREFIX, TINY_DINO, BackboneSpec, parse_backbone_name
 from zsad.errors import UsageError, random_weights_message
 
@@ -107,6 +108,11 @@ class TimmBackbone(Backbone):
         wanted = self.check_layers(layers)
         order = sorted(set(wanted))
         x = images.to(self.device, self.model.patch_embed.proj.weight.dtype)
+        if self.pos_interpolation == DINOV2_HUB:  # any input size, positions resampled as the DINOv2 hub model does
+            patches, cls = hub_tokens(self.model, x, order)
+            chosen = {i: torch.cat([patches[i].new_zeros(x.shape[0], 1, patches[i].shape[2]), patches[i]], dim=1)
+                      for i in wanted}
+            return TokenOutput(layers=chosen, pooled=cls, cls_raw=cls, plain=dict(chosen))
         final, inter = self.model.forward_intermediates(x, indices=order, norm=True, output_fmt="NLC",
                                                         intermediates_only=False)
         taps = {}
@@ -123,8 +129,12 @@ class TimmBackbone(Backbone):
 
 def load_timm_backbone(name: str, *, image_size: int = 518, device: torch.device | str = "cpu",
                        cache_dir: str | None = None, offline: bool | None = None, activation: str | None = None,
-                       warn_random: bool = True) -> TimmBackbone:
-    """Build a frozen timm backbone in fp32 on ``device`` from a ``timm:`` name (see :mod:`zsad.backbones.names`)."""
+                       warn_random: bool = True, pos_interpolation: str = "bicubic") -> TimmBackbone:
+    """Build a frozen timm backbone in fp32 on ``device`` from a ``timm:`` name (see :mod:`zsad.backbones.names`).
+
+    ``pos_interpolation="dinov2-hub"`` keeps the checkpoint's native position table and resamples it per input as
+    DINOv2's hub model does (:mod:`zsad.backbones.dinov2_hub`): ``tokens`` then takes any multiple of the patch
+    size, and ``image_size`` is only the nominal size (AnomalyDINO's shorter side)."""
     import timm
 
     from zsad import weights
@@ -135,12 +145,13 @@ def load_timm_backbone(name: str, *, image_size: int = 518, device: torch.device
     if activation not in (None, "auto", "gelu"):
         raise UsageError(f"--activation {activation} applies to CLIP backbones; timm models run their own")
     patch = _patch_size(spec)
-    if image_size % patch:
+    hub = pos_interpolation == DINOV2_HUB
+    if image_size % patch and not hub:
         near = max(patch, round(image_size / patch) * patch)
         raise UsageError(f"image size {image_size} is not a multiple of the patch size {patch} of '{name}'; use "
                          f"--image-size {near} ({near // patch} x {near // patch} patches)")
     if spec.arch == TINY_DINO:
-        model = _tiny(spec, image_size)
+        model = _tiny(spec, None if hub else image_size)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         if not timm.is_model(spec.arch):
@@ -151,16 +162,21 @@ def load_timm_backbone(name: str, *, image_size: int = 518, device: torch.device
         elif spec.kind == "file":
             overlay = {"file": weights.check_weights_file(spec.source)}
         try:
+            sized = {} if hub else {"img_size": image_size}  # hub: the native table, resampled per input
             model = timm.create_model(spec.arch, pretrained=overlay is not None, pretrained_cfg_overlay=overlay,
-                                      img_size=image_size, num_classes=0)
+                                      num_classes=0, **sized)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UsageError(f"could not load backbone '{name}': {str(exc).splitlines()[0][:300]}") from exc
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    if hub and getattr(model, "pos_embed", None) is None:
+        raise UsageError(f"backbone '{name}' has no position table to resample as DINOv2's hub model does (rotary "
+                         f"position embeddings?); this method needs a DINOv2 model, e.g. "
+                         f"timm:vit_small_patch14_dinov2.lvd142m")
     if spec.random_weights and warn_random:
 
         log.warning(random_weights_message(name))
-    return TimmBackbone(model, spec, image_size, mean, std).to(device)
+    return TimmBackbone(model, spec, image_size, mean, std, pos_interpolation=pos_interpolation).to(device)
 
 
 def _patch_size(spec: BackboneSpec) -> int:
@@ -173,14 +189,15 @@ def _patch_size(spec: BackboneSpec) -> int:
     return int(found.group(1)) if found else 1
 
 
-def _tiny(spec: BackboneSpec, image_size: int) -> nn.Module:
-    """The tiny DINOv2-style model; a file is loaded through timm's ViT checkpoint filter (which converts the
-    original DINOv2 release layout and resamples position embeddings)."""
+def _tiny(spec: BackboneSpec, image_size: int | None) -> nn.Module:
+    """The tiny DINOv2-style model (``image_size`` None: its native size); a file is loaded through timm's ViT
+    checkpoint filter (which converts the original DINOv2 release layout and resamples position embeddings)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     from zsad import weights
-    from zsad.backbones.tiny_dino import build_tiny_dino
+    from zsad.backbones.tiny_dino import TINY_DINO_NATIVE_SIZE, build_tiny_dino
 
+    image_size = image_size or TINY_DINO_NATIVE_SIZE
     if spec.kind != "file":
         return build_tiny_dino(image_size)
     path = weights.check_weights_file(spec.source)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from zsad.cli.options import (
     add_activation_option,
+    add_anomalydino_options,
     add_device_options,
     add_method_option,
     add_msm_option,
+    anomalydino_options,
     method_options,
     parse_categories,
 )
@@ -26,8 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "AUPIMO, per defect type")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root (MVTec AD, VisA, MPDD, BTAD, ...)")
     add_method_option(p, "method to evaluate")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"backbone (default {DEFAULT_BACKBONE})")
-    p.add_argument("--image-size", type=int, default=518, help="squash-resize size (default 518)")
+    p.add_argument("--backbone", default=None,
+                   help=f"backbone (default: the method's; {DEFAULT_BACKBONE}, anomalydino: DINOv2 ViT-S/14)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="squash-resize size (default: the method's; 518, anomalydino: shorter side 672, 448 with "
+                        "--reference-shots)")
     add_activation_option(p)
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="dataset layout (default auto)")
@@ -45,12 +50,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", default=None, help="a prompt-bank YAML replacing bundled sections (clip method)")
     p.add_argument("--adapter", default=None, help="a learned-prompt adapter folder (anomalyclip method)")
     add_msm_option(p)
+    add_anomalydino_options(p)
     p.add_argument("--reference-shots", type=int, default=None, metavar="K",
                    help="few-shot: score each category against K normal images drawn from its train split "
                         "(reference-guided scoring; see README)")
     p.add_argument("--reference-seed", type=int, nargs="+", default=[0], metavar="S",
                    help="seed(s) of the reference draw (default 0); several seeds write OUT/seed-S each and "
                         "print the mean and standard deviation over seeds")
+    from zsad.methods.reference.shots import DRAWS
+
+    p.add_argument("--reference-draw", default="slice", choices=list(DRAWS),
+                   help="how the shots are chosen: slice (default; AnomalyDINO's protocol: train images sorted by "
+                        "name, [seed*K, (seed+1)*K)) or random (K drawn with the seed)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -95,21 +106,24 @@ def _print_seed_summary(args: argparse.Namespace, seeds: list[int], summaries: l
 def _run_one(args: argparse.Namespace, out: Path, seed: int) -> int:
     """Run :func:`zsad.evaluate.evaluate` (on every rank under a launcher) and print the Markdown table."""
     from zsad.cli.options import process_group
+    from zsad.detector import default_model
     from zsad.distributed import rank_device
     from zsad.evaluate import EvaluateConfig, evaluate, metrics_markdown
 
     options = method_options(args, args.method)
     options.pop("progress", None)  # evaluation has its own bars
     options.pop("activation", None)  # a field of its own (args.activation)
+    options.update(anomalydino_options(args))
+    backbone, image_size = default_model(args.method, references=args.reference_shots is not None)
     with process_group(args) as dist:
         config = EvaluateConfig(
-            data=Path(args.data), out=out, method=args.method, backbone=args.backbone,
+            data=Path(args.data), out=out, method=args.method, backbone=args.backbone or backbone,
             activation=args.activation,
-            image_size=args.image_size, categories=parse_categories(args.categories), format=args.format,
+            image_size=args.image_size or image_size, categories=parse_categories(args.categories), format=args.format,
             aupro_variant=args.aupro_variant, aupimo_fpr_bounds=tuple(args.aupimo_fpr_bounds), resume=args.resume,
             overwrite=args.overwrite, device=rank_device(args.device, dist), precision=args.precision,
             batch_size=args.batch_size, progress=not args.quiet, method_options=options,
-            reference_shots=args.reference_shots, reference_seed=seed,
+            reference_shots=args.reference_shots, reference_seed=seed, reference_draw=args.reference_draw,
         )
         summary = evaluate(config, dist)
         if not dist.is_main:

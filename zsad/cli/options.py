@@ -53,6 +53,27 @@ def add_msm_option(p: argparse.ArgumentParser) -> None:
                         "screens pair products on tensor cores with exact fp32 re-scoring (default fp32)")
 
 
+def add_anomalydino_options(p: argparse.ArgumentParser) -> None:
+    """AnomalyDINO's masking and rotation switches (``--method anomalydino``)."""
+    p.add_argument("--foreground-mask", default="auto", choices=["auto", "on", "off"],
+                   help="anomalydino: leave background test patches out (first PCA component of the image's patch "
+                        "tokens, as AnomalyDINO). auto (default): the official per-category setting in evaluate "
+                        "(MVTec AD: capsule, hazelnut, pill, screw, toothbrush; VisA: all), off in score")
+    p.add_argument("--no-rotation", action="store_true",
+                   help="anomalydino with references: do not add each reference's 7 rotations (45-degree steps) to "
+                        "the bank (the official default adds them)")
+
+
+def anomalydino_options(args: argparse.Namespace) -> dict:
+    """The AnomalyDINO options the user set (``masking``, ``rotation``); a method without them refuses them."""
+    options: dict = {}
+    if getattr(args, "foreground_mask", "auto") != "auto":
+        options["masking"] = args.foreground_mask == "on"
+    if getattr(args, "no_rotation", False):
+        options["rotation"] = False
+    return options
+
+
 def method_options(args: argparse.Namespace, method: str) -> dict:
     """CLI flags that map onto fields of the chosen method's config (only the ones the user set), plus
     ``activation`` when set, which ``zsad.create`` takes beside them."""

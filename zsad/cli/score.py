@@ -6,7 +6,15 @@ import argparse
 import sys
 import time
 
-from zsad.cli.options import add_method_option, add_model_options, add_msm_option, method_options, warn_random_weights
+from zsad.cli.options import (
+    add_anomalydino_options,
+    add_method_option,
+    add_model_options,
+    add_msm_option,
+    anomalydino_options,
+    method_options,
+    warn_random_weights,
+)
 from zsad.decisions import check_unit
 from zsad.errors import UsageError
 
@@ -21,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder: score each real parent folder as its own category (matters for musc/auto)")
     add_model_options(p)
     add_msm_option(p)
+    add_anomalydino_options(p)
     from zsad.cli.export import add_runtime_options
 
     add_runtime_options(p)  # after the model options: marks their defaults as not given
@@ -35,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="known-good images of the product (folder, files or glob): score each image by its patches' "
                         "distance to theirs (works for a single image, on any backbone; with musc/auto a batch is "
                         "scored jointly with them). Scores are calibrated so 0.5 = as far as the worst held-out good "
-                        "image (see README, 'References, MuSc or learned prompts')")
+                        "image (see README, 'References, MuSc or learned prompts'). With --method anomalydino: "
+                        "AnomalyDINO's few-shot scoring (DINOv2 ViT-S at 448 unless --backbone/--image-size)")
     p.add_argument("--coreset", type=float, default=None, metavar="FRACTION",
                    help="with --reference: keep this fraction of the reference patches (greedy coreset) to save "
                         "memory and time on large reference sets (default: all, up to 262,144 per bank)")
@@ -87,15 +97,21 @@ def _score(args: argparse.Namespace, dist) -> int:
     runtime = runtime_options(args)  # --runtime onnx: model flags not given come from the export
     extra = method_options(args, args.method)
     extra.update(runtime)
+    extra.update(anomalydino_options(args))
+    from zsad.cli.export import _given
+
+    # flags left at their defaults: the method's own (anomalydino: DINOv2 ViT-S at 448 / 672)
+    backbone = args.backbone if _given(args.backbone) else None
+    image_size = args.image_size if _given(args.image_size) else None
     if args.reference:
         extra.update(_reference_options(args))
     detector = zsad.create(
-        args.method, backbone=args.backbone, device=rank_device(args.device, dist), precision=args.precision,
-        image_size=args.image_size, batch_size=args.batch_size, threshold=args.threshold,
+        args.method, backbone=backbone, device=rank_device(args.device, dist), precision=args.precision,
+        image_size=image_size, batch_size=args.batch_size, threshold=args.threshold,
         class_name=args.class_name, cache_dir=args.cache_dir, warn_random=False, **extra,
     )
     if dist.is_main:
-        warn_random_weights(detector.backbone, args.backbone)
+        warn_random_weights(detector.backbone, detector.backbone.spec.name)
     runner = detector.runner(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, keep_images=not args.no_maps)
     runner.on_thresholds = _report if dist.is_main else None
     scored = anomalous = failed = 0

@@ -17,6 +17,7 @@ from zsad.errors import UsageError
 METHODS = MappingProxyType({
     "auto": ("zsad.methods.auto", "AutoMethod"),
     "anomalyclip": ("zsad.methods.anomalyclip.method", "AnomalyClipMethod"),
+    "anomalydino": ("zsad.methods.anomalydino.method", "AnomalyDinoMethod"),
     "clip": ("zsad.methods.clip", "ClipMethod"),
     "musc": ("zsad.methods.musc.method", "MuscMethod"),
     "vfm": ("zsad.methods.vfm.method", "VfmMethod"),

@@ -69,10 +69,19 @@ class Method(nn.Module):
     adapter_kind: ClassVar[str | None] = None
     #: the method whose backbone call (and so whose export) this one reuses; None: its own
     feature_method: ClassVar[str | None] = None
+    #: names of the outputs of the method's own ``forward(images)`` when ``zsad export`` writes the whole method as
+    #: the graph (``vfm``: folded adapters, decoder and head); empty: the graph is the backbone's ``tokens`` call
+    graph_outputs: ClassVar[tuple[str, ...]] = ()
     #: Position-embedding interpolation this method was published with.
     pos_interpolation: ClassVar[str] = "bicubic"
     #: Frozen dataclass of the method's options (``create(**options)`` fills it), or None.
     config_class: ClassVar[type | None] = None
+    #: the backbone and input size ``create()`` uses when none is given (None: the library's defaults)
+    default_backbone: ClassVar[str | None] = None
+    default_image_size: ClassVar[int | None] = None
+    #: the class ``create(method, references=...)`` builds to score against known-good images (None: the
+    #: MuSc-feature bank, :class:`~zsad.methods.reference.ReferenceMethod`)
+    reference_scorer: ClassVar[type[Method] | None] = None
 
     @property
     def transductive(self) -> bool:
@@ -132,6 +141,14 @@ class Method(nn.Module):
     def setup(self, class_name: str | None = None) -> None:
         """Prepare for a category (e.g. text embeddings); ``None`` means the generic word "object"."""
         self.class_name = (class_name or "object").strip() or "object"
+
+    def dataset_defaults(self, dataset_format: str, category: str) -> None:
+        """Apply a benchmark's published per-category settings (``zsad evaluate``); most methods have none."""
+
+    def preprocess(self, images: Sequence[Any]) -> Any:
+        """Decoded RGB images -> what :meth:`extract` takes: the backbone's squash-resize by default; a method with
+        its own preparation (AnomalyDINO keeps the aspect ratio) overrides it."""
+        return self.backbone.preprocess(images)
 
     def extract(self, images: torch.Tensor) -> Any:
         """Features of ``[B, 3, S, S]`` preprocessed images, on the host (small enough to keep per image)."""
