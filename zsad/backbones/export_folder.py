@@ -65,6 +65,8 @@ class GraphFacts:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ln_eps: float = 1e-5
+    #: the squash-resize filter of the backbone's preprocessing (RADIO and timm: bilinear; CLIP: bicubic)
+    resize: str = "bicubic"
 
 
 @dataclass
@@ -84,6 +86,9 @@ class Manifest:
     class_names: list[str] = field(default_factory=list)
     sentences: list[str] = field(default_factory=list)  # rows of text.embeddings in tensors.safetensors
     adapter: dict[str, Any] | None = None  # {"path", "sha256", "settings", "taps"} for anomalyclip
+    #: "tokens": the graph is the backbone's ``tokens`` call (``call``); "method": the method's whole forward, its
+    #: outputs named in ``call.outputs`` (vfm)
+    graph: str = "tokens"
     fidelity: dict[str, Any] = field(default_factory=dict)
     int8: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from zsad.backbones.base import Backbone, TokenOutput
@@ -83,10 +84,12 @@ class OnnxBackbone(Backbone):
         self.precision = precision
         self._set_facts(spec, image_size=facts.image_size, patch_size=facts.patch_size, mean=facts.mean,
                         std=facts.std, pos_interpolation=facts.pos_interpolation, activation=facts.activation)
+        self.resize_filter = Image.BILINEAR if facts.resize == "bilinear" else Image.BICUBIC  # as the exported one
         ln_post = nn.LayerNorm(facts.width, eps=facts.ln_eps)
-        with torch.no_grad():
-            ln_post.weight.copy_(head["ln_post.weight"])
-            ln_post.bias.copy_(head["ln_post.bias"])
+        if "ln_post.weight" in head:  # CLIP exports; a whole-method graph (vfm) has no head outside it
+            with torch.no_grad():
+                ln_post.weight.copy_(head["ln_post.weight"])
+                ln_post.bias.copy_(head["ln_post.bias"])
         self.model = _Model(_Visual(ln_post, head.get("proj"))).eval().requires_grad_(False)
         sentences, embeddings = text if text is not None else ((), torch.empty(0, facts.embed_dim))
         self._text = {s: i for i, s in enumerate(sentences)}
@@ -143,6 +146,15 @@ class OnnxBackbone(Backbone):
                  for kind in ("layers", "plain")}
         return TokenOutput(layers=found["layers"], pooled=values["pooled"], cls_raw=values["cls_raw"],
                            plain=found["plain"])
+
+    def run_graph(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A whole-method graph's outputs by name (``call.outputs``; in a dry run, zeros of their shapes)."""
+        batch = images.shape[0]
+        if self._dry:
+            return {o.name: torch.zeros([batch if not isinstance(d, int) else d for d in o.shape])
+                    for o in self.session.get_outputs()}
+        arrays = self.session.run(None, {"images": images.detach().float().cpu().numpy()})
+        return {name: torch.from_numpy(a) for name, a in zip(self._output_names, arrays)}
 
     def project_patches(self, tokens: torch.Tensor) -> torch.Tensor:
         """The stored ``ln_post`` and ``proj``: the same code as the PyTorch backbone's."""

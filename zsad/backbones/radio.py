@@ -234,7 +234,7 @@ class RadioBackbone(Backbone):
         if images.shape[-1] != images.shape[-2] or images.shape[-1] % patch:
             raise UsageError(f"RADIO takes square inputs that are a multiple of {patch} px, got "
                              f"{tuple(images.shape[-2:])}")
-        x = F.linear(patchify(images.to(self.device, model.patch_embed.weight.dtype), patch), model.patch_embed.weight)
+        x = model.patch_embed(patchify(images.to(self.device, model.patch_embed.weight.dtype), patch))
         x = x + self.pos_table(images.shape[-1] // patch).to(x.dtype)
         prefix = model.prefix.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
         return torch.cat([prefix, x], dim=1)

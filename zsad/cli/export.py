@@ -21,9 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a method's backbone forward to ONNX (fp32, and int8 with --int8)")
     p.add_argument("--method", required=True, choices=list_methods(exportable=True))
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"as for zsad score (default {DEFAULT_BACKBONE})")
-    p.add_argument("--adapter", default=None, help="anomalyclip: the learned-prompt adapter folder")
-    p.add_argument("--image-size", type=int, default=518, help="input size the graph is made for (default 518)")
+    p.add_argument("--backbone", default=None,
+                   help=f"as for zsad score (default: the method's, {DEFAULT_BACKBONE} for the CLIP methods)")
+    p.add_argument("--adapter", default=None,
+                   help="anomalyclip: the learned-prompt adapter folder; vfm: the AnomalyVFM adapter folder (folded "
+                        "into the graph)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size the graph is made for (default: the method's, 518 for the CLIP methods)")
     p.add_argument("--class-name", default=None,
                    help='clip/auto: the class name(s) whose text embeddings are stored, "a,b" for several '
                         '(default "object")')
@@ -45,11 +49,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsad.backbones.names import parse_backbone_name
+    from zsad.backbones.names import DEFAULT_BACKBONE, parse_backbone_name
     from zsad.cli import EXIT_OK
     from zsad.cli.options import warn_random_weights
     from zsad.export.build import ExportRequest, export
+    from zsad.methods import method_class
 
+    cls = method_class(args.method)  # flags not given: the method's own model (vfm: RADIO v2.5-L at 768)
+    args.backbone = args.backbone or getattr(cls, "default_backbone", None) or DEFAULT_BACKBONE
+    args.image_size = args.image_size or getattr(cls, "default_image_size", None) or 518
     options = {k: getattr(args, k) for k in ("adapter", "prompts") if getattr(args, k)}
     request = ExportRequest(method=args.method, backbone=args.backbone, out=Path(args.out), image_size=args.image_size,
                             class_names=(args.class_name or "").split(","), activation=args.activation,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from zsad.backbones.export_folder import (
     MANIFEST,
@@ -30,12 +31,13 @@ from zsad.backbones.export_folder import (
     TENSORS,
     GraphFacts,
     Manifest,
+    TokenCall,
     folder_sha256,
 )
 from zsad.backbones.onnx import open_export, require_onnxruntime
 from zsad.errors import UsageError
 from zsad.export import fidelity, quantize
-from zsad.export.graph import DEFAULT_OPSET, export_tokens, weights_sha256
+from zsad.export.graph import DEFAULT_OPSET, export_module, export_tokens, weights_sha256
 from zsad.export.record import TextRecorder, record_token_call
 from zsad.fileio import atomic_dir
 
@@ -85,16 +87,21 @@ def export(request: ExportRequest) -> Manifest:
     method = detector.method
     count = max(request.check_images, cls.min_batch, 2)
     checks = fidelity.check_images(count, max(request.image_size, 64))
-    call = record_token_call(backbone, method, backbone.preprocess(checks.images[:1]))
+    whole = bool(cls.graph_outputs)  # the method's own forward is the graph (vfm), not the backbone's tokens call
+    call = TokenCall(layers=(backbone.num_layers - 1,), vv=False, vv_start=None, outputs=cls.graph_outputs) if whole \
+        else record_token_call(backbone, method, backbone.preprocess(checks.images[:1]))
     reference = fidelity.raw_outputs(method, checks.images)
-    visual = backbone.model.visual
+    visual = getattr(backbone.model, "visual", None)
     facts = GraphFacts(num_layers=backbone.num_layers, width=backbone.width, embed_dim=backbone.embed_dim,
                        patch_size=backbone.patch_size, image_size=backbone.image_size,
                        activation=getattr(backbone, "activation", None), pos_interpolation=backbone.pos_interpolation,
                        mean=tuple(backbone.mean.view(-1).tolist()), std=tuple(backbone.std.view(-1).tolist()),
-                       ln_eps=float(visual.ln_post.eps))
-    tensors = {"head.ln_post.weight": visual.ln_post.weight, "head.ln_post.bias": visual.ln_post.bias}
-    if visual.proj is not None:
+                       resize="bilinear" if backbone.resize_filter == Image.BILINEAR else "bicubic",
+                       **({"ln_eps": float(visual.ln_post.eps)} if visual is not None else {}))
+    tensors = {}
+    if visual is not None:
+        tensors = {"head.ln_post.weight": visual.ln_post.weight, "head.ln_post.bias": visual.ln_post.bias}
+    if visual is not None and visual.proj is not None:
         tensors["head.proj"] = visual.proj
     sentences, embeddings = text.table(backbone.embed_dim)
     if sentences:
@@ -104,15 +111,22 @@ def export(request: ExportRequest) -> Manifest:
         tensors["method.text"] = method.text
         adapter = {"path": str(request.options["adapter"]), "sha256": folder_sha256(request.options["adapter"]),
                    "settings": method.settings.to_config(), "taps": list(method.taps)}
+    elif whole:  # the method rebuilds itself on ONNX Runtime from its settings (vfm: sizes, rank)
+        given = request.options.get("adapter")
+        adapter = {"path": str(given) if given else None, "sha256": folder_sha256(given) if given else None,
+                   "settings": method.settings.to_config()}
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in request.options.items()}
     manifest = Manifest(
         method=request.method, backbone=request.backbone, weights_sha256=weights_sha256(backbone.model),
         image_size=request.image_size, facts=facts, call=call, opset=request.opset, zsad_version=zsad.__version__,
         precisions=["fp32"], options=options, class_names=names if sentences else [], sentences=sentences,
-        adapter=adapter,
+        adapter=adapter, graph="method" if whole else "tokens",
         versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__})
     with atomic_dir(request.out, keep_others=False) as folder:
-        export_tokens(backbone, call, folder / MODEL_FP32, opset=request.opset)
+        if whole:
+            export_module(method, list(cls.graph_outputs), backbone.image_size, folder / MODEL_FP32, opset=request.opset)
+        else:
+            export_tokens(backbone, call, folder / MODEL_FP32, opset=request.opset)
         _save_tensors(folder / TENSORS, tensors)
         if "prompts" in request.options:
             shutil.copyfile(request.options["prompts"], folder / PROMPTS)

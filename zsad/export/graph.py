@@ -53,13 +53,20 @@ def weights_sha256(model: nn.Module) -> str:
 
 def export_tokens(backbone: Backbone, call: TokenCall, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
     """Write the graph of ``call`` to ``path`` (fp32, batch size dynamic, weights folded)."""
+    graph = TokenGraph(backbone, call).eval()
+    export_module(graph, graph.output_names(), backbone.image_size, path, opset=opset)
+
+
+def export_module(module: nn.Module, output_names: list[str], image_size: int, path: Path, *,
+                  opset: int = DEFAULT_OPSET) -> None:
+    """Write ``module(images)`` (preprocessed ``[B, 3, S, S]`` images -> ``output_names``) to ``path``: fp32, batch
+    size dynamic, weights folded. The token graph above, or a whole method (``Method.graph_outputs``)."""
     import onnx
 
-    graph = TokenGraph(backbone, call).eval()
-    example = torch.zeros(2, 3, backbone.image_size, backbone.image_size)
+    example = torch.zeros(2, 3, image_size, image_size)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, (example,), None, input_names=[INPUT], output_names=graph.output_names(),
+        program = torch.onnx.export(module.eval(), (example,), None, input_names=[INPUT], output_names=output_names,
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
                                     dynamo=True, verbose=False)
     model = program.model_proto

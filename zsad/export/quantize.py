@@ -20,7 +20,7 @@ from zsad.export.fidelity import INT8_GOAL, Int8Agreement
 
 log = logging.getLogger(__name__)
 
-ROLES = ("attn.qkv", "attn.out", "mlp.fc", "mlp.proj", "vv.value", "vv.out", "proj", "other")
+ROLES = ("attn.qkv", "attn.out", "mlp.fc", "mlp.proj", "vv.value", "vv.out", "proj", "patch", "head", "other")
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
 
@@ -71,6 +71,9 @@ def weight_roles(model) -> dict[str, str]:
 
 
 def _role(scopes: str, dims: list[int]) -> str:
+    radio = _radio_role(scopes)  # RADIO / timm block names (vfm's whole-method graph)
+    if radio:
+        return radio
     if ".mlp.c_fc" in scopes:
         return "mlp.fc"
     if ".mlp.c_proj" in scopes:
@@ -84,6 +87,15 @@ def _role(scopes: str, dims: list[int]) -> str:
     if "matmul" in scopes:
         return "proj"
     return "other"
+
+
+def _radio_role(scopes: str) -> str | None:
+    for pattern, role in ((r"blocks\.\d+\.attn\.qkv", "attn.qkv"), (r"blocks\.\d+\.attn\.proj", "attn.out"),
+                          (r"blocks\.\d+\.mlp\.fc1", "mlp.fc"), (r"blocks\.\d+\.mlp\.fc2", "mlp.proj"),
+                          (r"\.patch_embed'", "patch"), (r"'head'", "head")):
+        if re.search(pattern, scopes):
+            return role
+    return None
 
 
 def prepare(fp32_path: Path):

@@ -65,6 +65,8 @@ class VfmMethod(Method):
                "RADIO weights are non-commercial)")
     needs_text = False
     exportable = True
+    #: ``zsad export`` writes the whole method (folded adapters, decoder, head, map filter) as the graph
+    graph_outputs = ("scores", "maps")
     adapter_kind = KIND
     #: the torch-hub RADIO the published numbers ran resizes its position table bilinearly
     pos_interpolation = "bilinear"
@@ -78,7 +80,7 @@ class VfmMethod(Method):
         if config.order not in ORDERS:
             raise UsageError(f"method 'vfm': unknown order '{config.order}' (use {' or '.join(ORDERS)})")
         logits_to_map(torch.zeros(1, 1, 1, 1), config.kernel, config.order)  # checks the filter size
-        self.exported = backbone.export is not None and backbone.export.manifest.method == self.name
+        self.exported = backbone.export is not None and backbone.export.manifest.graph == "method"
         if self.exported:
             self.settings = VfmSettings.from_config(backbone.export.manifest.adapter["settings"],
                                                     str(backbone.export.path))
@@ -129,7 +131,8 @@ class VfmMethod(Method):
     @torch.inference_mode()
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.exported:
-            return self.backbone.run_method(images)
+            out = self.backbone.run_graph(images)
+            return out["scores"].float(), out["maps"].float()
         with autocast(self.device, self.dtype):
             scores, maps = self(images.to(self.device))
         return scores.float().cpu(), maps.float().cpu()
