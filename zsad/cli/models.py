@@ -29,4 +29,9 @@ def run(args: argparse.Namespace) -> int:
     print("vision-only backbones (any timm ViT with a pretrained tag works too; see timm.list_pretrained()):")
     for name, description in KNOWN_TIMM_BACKBONES:
         print(f"  {name:46s} {description}")
+    from zsad.backbones.radio import KNOWN_RADIO_BACKBONES
+
+    print("RADIO (vision only; radio:ARCH, radio:ARCH:random, radio:ARCH:/path; vfm, musc, --reference):")
+    for name, description in KNOWN_RADIO_BACKBONES:
+        print(f"  {name:46s} {description}")
     return 0
