@@ -97,6 +97,42 @@ def test_nearest_cosine_equals_brute_force(k, tile):
                                without.topk(k, largest=False).values.clamp_min(0).mean(1), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_ivf_probing_every_list_is_exact_and_fewer_lists_never_come_out_closer(k):
+    centres = _unit(12, 16, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    refs = [F.normalize(centres[torch.randint(0, 12, (200,), generator=gen)] + 0.2 * torch.randn(200, 16, generator=gen),
+                        dim=1) for _ in range(3)]
+    exact_bank = PatchBank.build(refs, [0, 1, 2], torch.device("cpu"))
+    indexed = PatchBank.build(refs, [0, 1, 2], torch.device("cpu"))
+    indexed.index(lists=10, probe=10)
+    queries = F.normalize(centres[torch.randint(0, 12, (60,), generator=gen)] + 0.3 * torch.randn(60, 16, generator=gen),
+                          dim=1)
+    for owner in (None, 1):
+        exact = nearest_cosine(queries, exact_bank, k=k, exclude_owner=owner)
+        torch.testing.assert_close(nearest_cosine(queries, indexed, k=k, exclude_owner=owner), exact, atol=1e-6,
+                                   rtol=0)
+        indexed.probe = 2
+        assert (nearest_cosine(queries, indexed, k=k, exclude_owner=owner) >= exact - 1e-6).all()
+        indexed.probe = 10
+    half = PatchBank.build(refs, [0, 1, 2], torch.device("cpu"), dtype=torch.float16)
+    assert half.features.dtype == torch.float16
+    torch.testing.assert_close(nearest_cosine(queries, half, k=k), nearest_cosine(queries, exact_bank, k=k),
+                               atol=2e-3, rtol=0)
+
+
+def test_search_option_selects_the_index(grain):
+    good, bad = grain
+    det = zsad.create("anomalydino", backbone=TINY, image_size=112, references=[s.image for s in good[:2]],
+                      rotation=False, search="ivf", probe=1000, warn_random=False)
+    assert det.method.bank.ivf is not None
+    exact = zsad.create("anomalydino", backbone=TINY, image_size=112, references=[s.image for s in good[:2]],
+                        rotation=False, search="exact", warn_random=False)
+    assert exact.method.bank.ivf is None
+    a, b = det.score([bad.image])[0], exact.score([bad.image])[0]  # every list probed: the exact result
+    assert a.image_score == pytest.approx(b.image_score, abs=1e-6)
+
+
 @pytest.mark.parametrize("tile", [37, 1 << 20])
 def test_mutual_distances_equal_the_official_formula(tile):
     tokens = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (800, 950, 1000, 700)]
@@ -274,3 +310,43 @@ def test_evaluate_few_shot_uses_the_slice_and_the_per_category_masking(tmp_path,
     assert summary["references"] == {"shots": 2, "seed": 1, "draw": "slice"}
     marker = json.loads((out / "categories" / "grain.json").read_text())
     assert marker["config"]["reference_draw"] == "slice"
+
+
+def test_batched_zero_shot_across_two_ranks_equals_one_process(tmp_path):
+    """torchrun: each rank scores its own images against the whole group (raw_across); same maps as one process."""
+    import os
+    import subprocess
+    import sys
+
+    from zsad.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", categories=["grain"], n_train_good=1, n_test_good=3, n_test_defect=3, size=64)
+    script = tmp_path / "maps.py"
+    script.write_text(
+        "import sys, numpy as np, zsad\n"
+        "from zsad.distributed import from_env\n"
+        "from zsad.runner import sources_from_inputs\n"
+        "dist = from_env('cpu')\n"
+        f"det = zsad.create('anomalydino', backbone='{TINY}', image_size=56, device='cpu', batch_size=2,"
+        " warn_random=False)\n"
+        "out = {o.source.key: o.result.anomaly_map for o in det.runner().run(sources_from_inputs([sys.argv[1]]),"
+        " dist=dist)}\n"
+        "np.savez(sys.argv[2] + f'/maps-{dist.rank}.npz', **{k.replace('/', '|'): v for k, v in out.items()})\n"
+        "dist.close()\n", encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", ZSAD_DIST_TIMEOUT="120")
+    env.pop("WORLD_SIZE", None)
+    (tmp_path / "two").mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           str(tmp_path / "data" / "grain" / "test"), str(tmp_path / "two")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from zsad.runner import sources_from_inputs
+
+    det = zsad.create("anomalydino", backbone=TINY, image_size=56, device="cpu", batch_size=2, warn_random=False)
+    one = {o.source.key.replace("/", "|"): o.result.anomaly_map
+           for o in det.runner().run(sources_from_inputs([str(tmp_path / "data" / "grain" / "test")]))}
+    shares = [dict(np.load(tmp_path / "two" / f"maps-{r}.npz")) for r in (0, 1)]
+    assert all(shares) and sorted(one) == sorted({**shares[0], **shares[1]}) and len(one) == 6
+    for share in shares:
+        for key, amap in share.items():
+            np.testing.assert_allclose(amap, one[key], atol=1e-5, rtol=0)

@@ -139,6 +139,20 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
     return found
 
 
+def _method_options(config: EvaluateConfig) -> dict[str, Any]:
+    """The options the detector is built with: the configured ones; few-shot scorers with a choice of search run
+    the exhaustive one unless another is asked (AnomalyDINO's published numbers come from an exact search)."""
+    import dataclasses
+
+    from zsad.methods import method_class
+
+    options = dict(config.method_options)
+    scorer = method_class(config.method).reference_scorer if config.reference_shots else None
+    if scorer is not None and "search" in {f.name for f in dataclasses.fields(scorer.config_class)}:
+        options.setdefault("search", "exact")
+    return options
+
+
 def _activation(config: EvaluateConfig) -> str:
     from zsad.detector import resolve_activation
 
@@ -582,7 +596,7 @@ def evaluate(config: EvaluateConfig, dist: Dist | None = None) -> dict[str, Any]
                 detector = zsad.create(config.method, backbone=config.backbone, image_size=config.image_size,
                                        device=config.device, precision=config.precision,
                                        batch_size=config.batch_size, warn_random=False, references=references,
-                                       activation=signature["activation"], **config.method_options)
+                                       activation=signature["activation"], **_method_options(config))
             detector.setup(category.replace("_", " ") if config.class_name_from_category else None)
             detector.method.dataset_defaults(dataset.format, category)  # e.g. AnomalyDINO's per-category masking
             started = time.perf_counter()

@@ -44,8 +44,10 @@ def _assign(x: Tensor, centroids: Tensor, tile: int = 1 << 14) -> Tensor:
 
 def build_ivf(features: Tensor, *, lists: int | None = None, iterations: int = 8, train_rows: int = 65536,
               seed: int = 0) -> IvfIndex:
-    """Spherical k-means on (a seeded sample of) the unit ``[M, C]`` bank rows, then every row to its cluster.
-    ``lists`` defaults to ``sqrt(M)`` rounded, at least 1."""
+    """Spherical k-means on (a seeded sample of) the unit ``[M, C]`` bank rows (in fp32), then every row to its
+    cluster. ``lists`` defaults to ``sqrt(M)`` rounded, at least 1."""
+    stored = features
+    features = features.float()
     m = features.shape[0]
     lists = max(1, min(m, lists or round(math.sqrt(m))))
     gen = torch.Generator().manual_seed(seed)
@@ -65,7 +67,7 @@ def build_ivf(features: Tensor, *, lists: int | None = None, iterations: int = 8
     counts = torch.bincount(label, minlength=lists).cpu()
     offsets = torch.zeros(lists + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(counts, 0)
-    return IvfIndex(centroids=centroids, rows=features[order].contiguous(), order=order, offsets=offsets)
+    return IvfIndex(centroids=centroids, rows=stored[order].contiguous(), order=order, offsets=offsets)
 
 
 def ivf_search(queries: Tensor, index: IvfIndex, owner: Tensor, *, k: int = 1, probe: int = DEFAULT_PROBE,
@@ -88,7 +90,7 @@ def ivf_search(queries: Tensor, index: IvfIndex, owner: Tensor, *, k: int = 1, p
         if rows.stop == rows.start:
             continue
         who = query_of[int(starts[c]):int(starts[c + 1])]
-        sims = q[who] @ index.rows[rows].T
+        sims = q[who] @ index.rows[rows].float().T
         if exclude_owner is not None:
             sims.masked_fill_(stored_owner[rows][None] == exclude_owner, -math.inf)
         if k == 1:

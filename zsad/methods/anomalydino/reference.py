@@ -57,10 +57,12 @@ class AnomalyDinoReferenceConfig:
     calibration_images: int = 8
     tile_elements: int = DEFAULT_TILE_ELEMENTS
     # "exact" (the official exhaustive search), "ivf" (an inverted-file index: faster on large banks, a patch's
-    # distance may come out larger, see zsad.methods.anomalydino.ivf), or "auto": ivf above ivf_from bank rows
-    search: str = "exact"
+    # distance may come out larger, see zsad.methods.anomalydino.ivf), or "auto" (default): ivf above ivf_from
+    # bank rows (K > 8 references with rotations at 448); zsad evaluate runs "exact" unless told otherwise
+    search: str = "auto"
     ivf_from: int = 1 << 16
     probe: int = DEFAULT_PROBE
+    bank_dtype: str = "fp32"  # "fp16" halves the bank's memory (products still in fp32; rows rounded to fp16)
     batch_size: int = 8  # reference copies per forward pass when the bank is built
     progress: bool = False
 
@@ -84,6 +86,8 @@ class AnomalyDinoReference(DinoPatchMethod):
             raise UsageError(f"neighbors must be at least 1, got {self.config.neighbors}")
         if self.config.search not in SEARCHES:
             raise UsageError(f"search must be one of {', '.join(SEARCHES)}, got {self.config.search!r}")
+        if self.config.bank_dtype not in ("fp32", "fp16"):
+            raise UsageError(f"bank_dtype must be fp32 or fp16, got {self.config.bank_dtype!r}")
         self.bank: PatchBank | None = None
         self.originals: DinoFeatures | None = None  # each reference unrotated, for the calibration
         self.sizes: list[tuple[int, int]] = []
@@ -120,7 +124,8 @@ class AnomalyDinoReference(DinoPatchMethod):
                 tokens.extend(found)
                 grids.extend(found_grids)
                 bar.update(len(chunk))
-        self.bank = PatchBank.build(tokens, [i for i, _ in copies], self.device)
+        self.bank = PatchBank.build(tokens, [i for i, _ in copies], self.device,
+                                    torch.float16 if self.config.bank_dtype == "fp16" else torch.float32)
         search = self.config.search
         if search == "ivf" or (search == "auto" and self.bank.rows > self.config.ivf_from):
             self.bank.index(probe=self.config.probe)

@@ -33,8 +33,10 @@ class PatchBank:
     probe: int = DEFAULT_PROBE
 
     @classmethod
-    def build(cls, features: list[Tensor], owners: list[int], device: torch.device) -> PatchBank:
-        rows = torch.cat([F.normalize(f.float(), dim=-1) for f in features]).to(device).contiguous()
+    def build(cls, features: list[Tensor], owners: list[int], device: torch.device,
+              dtype: torch.dtype = torch.float32) -> PatchBank:
+        """Unit rows stored in ``dtype`` (fp16 halves the bank; every product is still computed in fp32)."""
+        rows = torch.cat([F.normalize(f.float(), dim=-1).to(dtype) for f in features]).to(device).contiguous()
         owner = torch.cat([torch.full((len(f),), o, dtype=torch.int32) for f, o in zip(features, owners)])
         return cls(features=rows, owner=owner.to(device))
 
@@ -75,7 +77,7 @@ def nearest_cosine(queries: Tensor, bank: PatchBank, *, k: int = 1, exclude_owne
         best = torch.full((rows.shape[0], k), -math.inf, device=feats.device)
         for b0 in range(0, m, b_tile):
             b1 = min(b0 + b_tile, m)
-            sims = rows @ feats[b0:b1].T
+            sims = rows @ feats[b0:b1].float().T
             if exclude_owner is not None:
                 sims.masked_fill_(bank.owner[b0:b1][None] == exclude_owner, -math.inf)
             if k == 1:
