@@ -104,6 +104,9 @@ class EvaluateConfig:
     reference_seed: int = 0
     #: how the shots are chosen (:mod:`zsad.methods.reference.shots`): ``slice`` (AnomalyDINO's protocol) or ``random``
     reference_draw: str = "slice"
+    #: ``anomalib``: also compute image/pixel AUROC, AUPRO and AUPIMO with anomalib's metric classes on the same
+    #: maps (:mod:`zsad.metrics.anomalib_backend`), stored as ``anomalib_*`` keys next to zsad's
+    metrics_backend: str = "zsad"
 
 
 def _sha256(path: Path) -> str | None:
@@ -128,6 +131,8 @@ def run_signature(config: EvaluateConfig, dataset: Dataset) -> dict[str, Any]:
     if config.reference_shots:  # recorded only when set, so zero-shot runs keep their old signature
         found["reference_shots"], found["reference_seed"] = config.reference_shots, config.reference_seed
         found["reference_draw"] = config.reference_draw
+    if config.metrics_backend != "zsad":  # likewise
+        found["metrics_backend"] = config.metrics_backend
     prompts = config.method_options.get("prompts")
     if prompts:
         found["prompts_sha256"] = _sha256(Path(prompts))
@@ -344,6 +349,13 @@ def _category_metrics(category: str, samples: Sequence[Sample], outcomes: Sequen
     if any(not type_map.is_unnamed(k) for k, y in zip(kinds, labels) if y):
         out.defect_types = per_type_metrics(kinds, scores, labels, maps, masks, config.aupro_variant, values)
     _type_naming(samples, outcomes, type_map, vocabulary, out)
+    if config.metrics_backend == "anomalib":
+        from zsad.metrics.anomalib_backend import anomalib_metrics
+
+        backend = anomalib_metrics(scores, labels, maps, masks, aupimo_fpr_bounds=config.aupimo_fpr_bounds)
+        for note in backend.notes:
+            log.warning("category %s: %s", category, note)
+        out.metrics.update(backend.prefixed())
     return out
 
 
@@ -520,6 +532,10 @@ def metrics_markdown(summary: dict[str, Any]) -> str:
                   + " |" for name, t in thresholds.items()]
     lines += _aupimo_markdown(summary)
     lines += _breakdown_markdown(summary)
+    if any("anomalib_image_auroc" in m for m in summary["categories"].values()):
+        from zsad.metrics.anomalib_backend import markdown
+
+        lines += markdown(summary)
     return "\n".join(lines) + "\n"
 
 
@@ -537,6 +553,12 @@ def _check_config(config: EvaluateConfig) -> None:
         raise UsageError("no categories given; leave categories out to evaluate every category")
     if config.reference_shots is not None and config.reference_shots < 1:
         raise UsageError(f"--reference-shots must be at least 1, got {config.reference_shots}")
+    if config.metrics_backend not in ("zsad", "anomalib"):
+        raise UsageError(f"unknown metrics backend {config.metrics_backend!r}; choose zsad or anomalib")
+    if config.metrics_backend == "anomalib":
+        from zsad.metrics.anomalib_backend import check_available
+
+        check_available()
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite exclude each other: resume keeps finished categories, overwrite "
                          "starts afresh")

@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-draw", default="slice", choices=list(DRAWS),
                    help="how the shots are chosen: slice (default; AnomalyDINO's protocol: train images sorted by "
                         "name, [seed*K, (seed+1)*K)) or random (K drawn with the seed)")
+    p.add_argument("--metrics-backend", default="zsad", choices=["zsad", "anomalib"],
+                   help="anomalib: also compute image/pixel AUROC, AUPRO and AUPIMO with anomalib's metric classes on "
+                        "the same maps, next to zsad's (needs zsad[anomalib])")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -124,6 +127,7 @@ def _run_one(args: argparse.Namespace, out: Path, seed: int) -> int:
             overwrite=args.overwrite, device=rank_device(args.device, dist), precision=args.precision,
             batch_size=args.batch_size, progress=not args.quiet, method_options=options,
             reference_shots=args.reference_shots, reference_seed=seed, reference_draw=args.reference_draw,
+            metrics_backend=args.metrics_backend,
         )
         summary = evaluate(config, dist)
         if not dist.is_main:
