@@ -25,6 +25,7 @@ ROOT = "zsad"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("zsad.cli.*", "zsad.__main__")),
     ("demo", ("zsad.demo.*",)),
+    ("integrations", ("zsad.integrations.*",)),  # other tools' models (anomalib): build with create(), score via runner
     ("export", ("zsad.export.*",)),  # build-time only: builds with create(), traces, quantises, checks fidelity
     ("evaluate", ("zsad.evaluate",)),  # benchmark protocol: create() + the runner + metrics
     ("builder", (ROOT, "zsad.detector")),  # zsad.create / Detector (the package face hands out create lazily)
@@ -66,6 +67,8 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[
     ("nothing in zsad imports the repository's demo/ or evaluation/ folders", LIBRARY, (), (), ("demo", "evaluation")),
     ("dialogue serving never imports zsad.dialogue.training", DIALOGUE_SERVING, (), ("zsad.dialogue.training.*",), ()),
     ("gradio is imported only by zsad.demo.page", LIBRARY, ("zsad.demo.page",), (), ("gradio", "gradio_client")),
+    ("anomalib is imported only by zsad.integrations.anomalib and the metrics backend", LIBRARY,
+     ("zsad.integrations.anomalib.*", "zsad.metrics.anomalib_backend"), (), ("anomalib",)),
     ("argparse stays in zsad.cli", LIBRARY, ("zsad.cli.*",), (), ("argparse",)),
 ]
 
