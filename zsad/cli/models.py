@@ -23,9 +23,10 @@ def run(args: argparse.Namespace) -> int:
     from zsad.backbones.timm import KNOWN_TIMM_BACKBONES
 
     print("backbone families:")
-    print("  open_clip CLIP  ARCH:TAG, ARCH:random, ARCH:/path, hf-hub:ORG/REPO: image and text towers, every method")
-    print("  timm (vision)   timm:MODEL, timm:MODEL:random, timm:MODEL:/path: no text tower; musc, and any method "
-          "with --reference")
+    print("  open_clip CLIP  ARCH:TAG, ARCH:random, ARCH:/path, hf-hub:ORG/REPO: image and text towers, every method "
+          "but anomalydino")
+    print("  timm (vision)   timm:MODEL, timm:MODEL:random, timm:MODEL:/path: no text tower; musc, anomalydino "
+          "(DINOv2), and any method with --reference")
     print("vision-only backbones (any timm ViT with a pretrained tag works too; see timm.list_pretrained()):")
     for name, description in KNOWN_TIMM_BACKBONES:
         print(f"  {name:46s} {description}")

@@ -35,7 +35,7 @@ from zsad.errors import UsageError
 from zsad.methods.anomalydino.features import DinoFeatures, DinoPatchMethod, concat_features
 from zsad.methods.anomalydino.ivf import DEFAULT_PROBE
 from zsad.methods.anomalydino.maps import SIGMA, TOP_FRACTION, distance_map, mean_top
-from zsad.methods.anomalydino.preprocess import ROTATION_ANGLES, rotations
+from zsad.methods.anomalydino.preprocess import ROTATION_ANGLES, resized_size, rotations
 from zsad.methods.anomalydino.search import DEFAULT_TILE_ELEMENTS, PatchBank, nearest_cosine
 from zsad.methods.base import INDEPENDENT
 from zsad.types import RawOutput
@@ -67,6 +67,12 @@ class AnomalyDinoReferenceConfig:
     progress: bool = False
 
 
+def _held_out(count: int, most: int) -> list[int]:
+    """Up to ``most`` references spread evenly over ``count`` (all of them when there are few)."""
+    take = min(count, max(1, most))
+    return sorted({round(i * (count - 1) / max(take - 1, 1)) for i in range(take)}) if count > 1 else [0]
+
+
 class AnomalyDinoReference(DinoPatchMethod):
     """AnomalyDINO's few-shot scoring against known-good references (see the module doc). Built by
     ``zsad.create("anomalydino", references=...)``."""
@@ -89,7 +95,8 @@ class AnomalyDinoReference(DinoPatchMethod):
         if self.config.bank_dtype not in ("fp32", "fp16"):
             raise UsageError(f"bank_dtype must be fp32 or fp16, got {self.config.bank_dtype!r}")
         self.bank: PatchBank | None = None
-        self.originals: DinoFeatures | None = None  # each reference unrotated, for the calibration
+        self.originals: DinoFeatures | None = None  # the held-out references unrotated, for the calibration
+        self.held: list[int] = []  # which references the calibration holds out
         self.sizes: list[tuple[int, int]] = []
         self._calibration: dict[bool, tuple[float, float]] = {}
 
@@ -103,7 +110,10 @@ class AnomalyDinoReference(DinoPatchMethod):
         return 0 if self.bank is None else self.bank.nbytes
 
     def set_references(self, images: Sequence[str | os.PathLike | Image.Image]) -> None:
-        """Build the bank from known-good images (paths or PIL), replacing earlier ones."""
+        """Build the bank from known-good images (paths or PIL), replacing earlier ones. Streamed: each reference's
+        rotations are made, passed through the backbone and written into the preallocated bank a chunk at a time,
+        so memory holds the bank once (plus the unrotated tokens of the few references the calibration holds
+        out)."""
         from tqdm.auto import tqdm
 
         from zsad.data.images import load_image
@@ -111,32 +121,57 @@ class AnomalyDinoReference(DinoPatchMethod):
         decoded = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
         if not decoded:
             raise UsageError("reference-guided scoring needs at least one known-good reference image")
+        self.bank = None  # the old bank goes before the new one is allocated
         angles = ROTATION_ANGLES if self.config.rotation else (0,)
-        copies = [(i, img) for i, ref in enumerate(decoded)
-                  for img in (rotations(ref, angles) if self.config.rotation else [ref])]
-        step = max(1, self.config.batch_size)
-        tokens: list[torch.Tensor] = []
-        grids: list[tuple[int, int]] = []
-        with tqdm(total=len(copies), desc="reference bank", unit="img", disable=not self.config.progress) as bar:
-            for start in range(0, len(copies), step):
-                chunk = [img for _, img in copies[start:start + step]]
-                found, found_grids = self.forward_tokens(self.preprocess(chunk))
-                tokens.extend(found)
-                grids.extend(found_grids)
-                bar.update(len(chunk))
-        self.bank = PatchBank.build(tokens, [i for i, _ in copies], self.device,
-                                    torch.float16 if self.config.bank_dtype == "fp16" else torch.float32)
+        grids = [self._grid(ref) for ref in decoded]  # a rotation keeps the canvas, so the grid
+        rows = len(angles) * sum(h * w for h, w in grids)
+        dtype = torch.float16 if self.config.bank_dtype == "fp16" else torch.float32
+        bank = PatchBank.empty(rows, self.backbone.width, self.device, dtype)
+        held = _held_out(len(decoded), self.config.calibration_images)
+        originals: dict[int, torch.Tensor] = {}
+        pending: list[tuple[int, bool, Image.Image]] = []
+        filled = 0
+        bar = tqdm(total=len(decoded) * len(angles), desc="reference bank", unit="img",
+                   disable=not self.config.progress)
+
+        def flush() -> None:
+            nonlocal filled
+            if not pending:
+                return
+            found, found_grids = self.forward_tokens(self.preprocess([img for _, _, img in pending]))
+            for (owner, original, _), tokens, grid in zip(pending, found, found_grids):
+                if grid != grids[owner]:
+                    raise AssertionError(f"reference {owner}: grid {grid}, expected {grids[owner]}")
+                filled = bank.put(filled, tokens, owner)
+                if original and owner in held:
+                    originals[owner] = tokens
+            bar.update(len(pending))
+            pending.clear()
+
+        with bar:
+            for owner, ref in enumerate(decoded):
+                for j, img in enumerate(rotations(ref, angles) if self.config.rotation else [ref]):
+                    pending.append((owner, j == 0, img))
+                    if len(pending) >= max(1, self.config.batch_size):
+                        flush()
+            flush()
         search = self.config.search
-        if search == "ivf" or (search == "auto" and self.bank.rows > self.config.ivf_from):
-            self.bank.index(probe=self.config.probe)
-        first = list(range(0, len(copies), len(angles)))  # rotation 0 of each reference: the image itself
-        self.originals = DinoFeatures(tokens=[tokens[j] for j in first], grids=[grids[j] for j in first],
-                                      masks=[None] * len(first))
+        if search == "ivf" or (search == "auto" and bank.rows > self.config.ivf_from):
+            bank.index(probe=self.config.probe)
+        self.bank = bank
+        self.held = held
+        self.originals = DinoFeatures(tokens=[originals[i] for i in held], grids=[grids[i] for i in held],
+                                      masks=[None] * len(held))
         self.sizes = [ref.size for ref in decoded]
         self._calibration = {}
         log.info("anomalydino references: %d images x %d rotations, bank of %d patches (%.1f MB, %s search)",
-                 len(decoded), len(angles), self.bank.rows, self.bank.nbytes / 1e6,
-                 "ivf" if self.bank.ivf is not None else "exact")
+                 len(decoded), len(angles), bank.rows, bank.nbytes / 1e6, "ivf" if bank.ivf is not None else "exact")
+
+    def _grid(self, image: Image.Image) -> tuple[int, int]:
+        """The patch grid of an image after :func:`.preprocess.prepare` (shorter side resized, then cropped)."""
+        width, height = resized_size(*image.size, self.backbone.image_size)
+        patch = self.backbone.patch_size
+        return height // patch, width // patch
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def mode(self, images: int, *, spread: bool = False) -> str | None:
@@ -177,11 +212,9 @@ class AnomalyDinoReference(DinoPatchMethod):
         if self.masking in self._calibration:
             return self._calibration[self.masking]
         k = self.num_references
-        count = min(k, max(1, self.config.calibration_images))
-        held = sorted({round(i * (k - 1) / max(count - 1, 1)) for i in range(count)}) if k > 1 else [0]
         scores, peaks = [], []
-        for i in held:
-            tokens, grid = self.originals.tokens[i], self.originals.grids[i]
+        for j, i in enumerate(self.held):
+            tokens, grid = self.originals.tokens[j], self.originals.grids[j]
             mask = self.mask(tokens, grid)
             if k > 1:
                 dist = self.patch_distances(tokens, mask, exclude_owner=i)

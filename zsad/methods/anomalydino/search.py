@@ -35,17 +35,30 @@ class PatchBank:
     @classmethod
     def build(cls, features: list[Tensor], owners: list[int], device: torch.device,
               dtype: torch.dtype = torch.float32) -> PatchBank:
-        """Unit rows stored in ``dtype`` (fp16 halves the bank; every product is still computed in fp32)."""
-        rows = torch.cat([F.normalize(f.float(), dim=-1).to(dtype) for f in features]).to(device).contiguous()
-        owner = torch.cat([torch.full((len(f),), o, dtype=torch.int32) for f, o in zip(features, owners)])
-        return cls(features=rows, owner=owner.to(device))
+        """A bank of the given per-image tokens (rows normalised, stored in ``dtype``)."""
+        bank = cls.empty(sum(len(f) for f in features), int(features[0].shape[1]), device, dtype)
+        start = 0
+        for f, o in zip(features, owners):
+            bank.put(start, f, o)
+            start += len(f)
+        return bank
+
+    @classmethod
+    def empty(cls, rows: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32) -> PatchBank:
+        """A bank of ``rows`` rows to fill with :meth:`put` (fp16 halves it; every product is still fp32)."""
+        return cls(features=torch.empty(rows, width, dtype=dtype, device=device),
+                   owner=torch.empty(rows, dtype=torch.int32, device=device))
+
+    def put(self, start: int, tokens: Tensor, owner: int) -> int:
+        """Write one image's tokens, normalised, at row ``start``; returns the next free row."""
+        stop = start + len(tokens)
+        self.features[start:stop] = F.normalize(tokens.float(), dim=-1).to(self.features)
+        self.owner[start:stop] = owner
+        return stop
 
     def index(self, *, lists: int | None = None, probe: int = DEFAULT_PROBE, seed: int = 0) -> None:
         """Search through an inverted-file index from now on (approximate: see :mod:`.ivf`)."""
         self.ivf = build_ivf(self.features, lists=lists, seed=seed)
-        self.features = self.ivf.rows  # stored once, in cluster order
-        self.owner = self.owner[self.ivf.order]
-        self.ivf.order = torch.arange(self.features.shape[0], device=self.features.device)
         self.probe = probe
 
     @property
@@ -54,7 +67,7 @@ class PatchBank:
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.ivf is None else self.ivf.centroids.numel() * 4 + self.ivf.order.numel() * 8
+        extra = 0 if self.ivf is None else self.ivf.nbytes
         return self.features.numel() * self.features.element_size() + self.owner.numel() * 4 + extra
 
 
@@ -68,7 +81,7 @@ def nearest_cosine(queries: Tensor, bank: PatchBank, *, k: int = 1, exclude_owne
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if bank.ivf is not None:
-        return ivf_search(q, bank.ivf, bank.owner, k=k, probe=bank.probe, exclude_owner=exclude_owner)
+        return ivf_search(q, feats, bank.ivf, bank.owner, k=k, probe=bank.probe, exclude_owner=exclude_owner)
     b_tile = max(k, min(m, tile_elements // max(1, min(q.shape[0], 1024))))
     q_tile = max(1, tile_elements // b_tile)
     out = torch.empty(q.shape[0], dtype=torch.float32, device=feats.device)
