@@ -291,7 +291,7 @@ def dataset(prompt_train_data):
 
 def _epoch_files(out: Path) -> tuple[int, int, list[int]]:
     """epochs_done of adapter.json, of the resume state, and the epochs in the log."""
-    from zsad.methods.anomalyclip.train import _read_state
+    from zsad.methods.training import read_state as _read_state
 
     adapter = json.loads((out / "adapter.json").read_text())["training"]["epochs_done"]
     _, meta = _read_state(out)

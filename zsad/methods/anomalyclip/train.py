@@ -13,9 +13,6 @@ at once (:func:`zsad.fileio.atomic_dir`), so adapter, state and log always belon
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -29,9 +26,9 @@ from PIL import Image
 
 from zsad.backbones import ClipBackbone
 from zsad.backbones.names import DEFAULT_BACKBONE
-from zsad.distributed import Dist, DistributedError
-from zsad.errors import DatasetError, UsageError
-from zsad.fileio import atomic_dir, atomic_write_text, settle_dir
+from zsad.distributed import Dist
+from zsad.errors import UsageError
+from zsad.fileio import atomic_dir
 from zsad.methods.anomalyclip.adapter import KIND, PromptSettings, save_prompt_adapter
 from zsad.methods.anomalyclip.forward import (
     image_features,
@@ -42,11 +39,23 @@ from zsad.methods.anomalyclip.forward import (
 )
 from zsad.methods.anomalyclip.losses import LossParts, anomalyclip_loss
 from zsad.methods.anomalyclip.prompts import PromptLearner, PromptTextEncoder, resolve_shape, text_width
+from zsad.methods.training import (
+    STATE_NAME,
+    LabelledImages,
+    check_same_parameters,
+    fingerprint,
+    labelled_samples,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    prepare_out,
+    read_log,
+    read_state,
+    write_log,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "train_state.safetensors"
-LOG_NAME = "train_log.csv"
 LOG_FIELDS = ("epoch", "steps", "loss", "global_loss", "local_loss", "seconds")
 
 
@@ -90,47 +99,22 @@ class TrainConfig:
             raise UsageError(f"workers must not be negative, got {self.workers}")
 
 
-class MaskedImages(torch.utils.data.Dataset):
+class MaskedImages(LabelledImages):
     """(image tensor, mask ``[S, S]`` in {0, 1}, label) for training; both squash-resized to ``size``."""
 
     def __init__(self, samples: Sequence, preprocess, size: int) -> None:
-        self.samples = list(samples)
-        self.preprocess = preprocess
+        super().__init__(samples, preprocess)
         self.size = size
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        from zsad.data.datasets import load_mask
-        from zsad.data.images import load_image
-
-        sample = self.samples[index]
-        image = load_image(sample.image_path)
-        mask = load_mask(sample.mask_path, image.size, sample.image_path)
-        image_tensor = self.preprocess([image])[0]
+    def resize_mask(self, mask: np.ndarray) -> torch.Tensor:
         resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((self.size, self.size), Image.BILINEAR)
-        mask_tensor = torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.float32))
-        return image_tensor, mask_tensor, int(sample.label)
+        return torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.float32))
 
 
 def training_samples(data: Path, format: str = "auto", split: str = "test",
                      categories: Sequence[str] | None = None) -> tuple[list, dict[str, Any]]:
     """Samples of every chosen category of one split, and the summary recorded in ``adapter.json``."""
-    from zsad.data.datasets import open_dataset
-
-    dataset = open_dataset(data, format=format, categories=categories)
-    samples = [s for c in dataset.categories for s in dataset.samples(c, split)]
-    if not samples:
-        raise DatasetError(f"{data}: no {split} images in categories {', '.join(dataset.categories)}")
-    anomalous = sum(s.label == 1 for s in samples)
-    masks = sum(s.mask_path is not None for s in samples)
-    if anomalous and masks < anomalous:
-        log.warning("%d of %d anomalous training images have no mask; they count as all-normal pixels (as in the "
-                    "official code)", anomalous - masks, anomalous)
-    summary = {"root": str(data), "format": dataset.format, "split": split, "categories": list(dataset.categories),
-               "n_images": len(samples), "n_anomalous": anomalous, "n_masks": masks}
-    return samples, summary
+    return labelled_samples(data, format, (split,), categories)
 
 
 class PromptTrainer:
@@ -193,65 +177,20 @@ class PromptTrainer:
 
     def fingerprint(self) -> float:
         """A number that differs when the learned parameters differ (the ranks compare it after every step)."""
-        return float(sum(p.detach().double().sum() + (p.detach().double() ** 2).sum() for p in self.learner.parameters()))
+        return fingerprint(self.learner.parameters())
 
     # -- state as tensors only (safetensors), so resuming never unpickles --------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"learner.{k}": v for k, v in self.learner.tensors().items()}
-        optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            for key, value in state.items():
-                tensors[f"adam.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        return tensors, {"param_groups": optim["param_groups"]}
+        tensors, meta = optimizer_tensors(self.optimizer, "adam")
+        tensors.update({f"learner.{k}": v for k, v in self.learner.tensors().items()})
+        return tensors, meta
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         device = self.backbone.device
         with torch.no_grad():
             for name in PromptLearner.TENSOR_NAMES:
                 getattr(self.learner, name).copy_(tensors[f"learner.{name}"].to(device))
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, field = key.split(".", 2)
-                state.setdefault(int(index), {})[field] = value if field == "step" else value.to(device)
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _write_state(out: Path, trainer: PromptTrainer, info: dict[str, Any]) -> None:
-    """The resume state, as a plain file: written into the new epoch folder of :func:`atomic_dir`."""
-    from safetensors.torch import save_file
-
-    tensors, meta = trainer.state_tensors()
-    save_file(tensors, str(out / STATE_NAME), metadata={"zsad": json.dumps({**info, **meta})})
-
-
-def _read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
-    path = out / STATE_NAME
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = json.loads(handle.metadata()["zsad"])
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
-        raise UsageError(f"{path}: cannot resume from this training state ({exc})") from None
-    return tensors, meta
-
-
-def _write_log(out: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / LOG_NAME, buffer.getvalue())
-
-
-def _read_log(out: Path, epochs_done: int) -> list[dict[str, Any]]:
-    path = out / LOG_NAME
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= epochs_done]
+        load_optimizer_tensors(self.optimizer, tensors, meta, "adam", device)
 
 
 def _signature(config: TrainConfig, settings: PromptSettings) -> dict[str, Any]:
@@ -289,12 +228,7 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
     dist = dist or Dist()
     config.check()
     out = Path(config.out)
-    if dist.is_main:
-        settle_dir(out)  # a run killed in the middle of swapping its epoch folder left the previous epoch aside
-    dist.barrier("checking the output folder")
-    if not config.resume and out.exists() and any((out / n).exists() for n in (STATE_NAME, "adapter.json")):
-        raise UsageError(f"{out} already holds an adapter or a training run; pass --resume to continue it, or "
-                         f"choose another --out")
+    prepare_out(out, config.resume, dist)  # a run killed mid-swap left the previous epoch aside: put back
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     samples, summary = training_samples(config.data, config.format, config.split, config.categories)
@@ -320,14 +254,14 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
         signature["processes"] = dist.world_size  # the batches each step sees depend on it
     done = 0
     if config.resume and (out / STATE_NAME).is_file():
-        tensors, meta = _read_state(out)
+        tensors, meta = read_state(out)
         if meta.get("signature") != signature:
             raise UsageError(f"{out}: the interrupted run used other settings ({meta.get('signature')}); resume with "
                              f"the same options or choose another --out")
         trainer.load_state_tensors(tensors, meta)
         done = int(meta["epochs_done"])
         log.info("resuming %s after epoch %d of %d", out, done, config.epochs)
-    rows = _read_log(out, done) if done else []
+    rows = read_log(out, "epoch", done) if done else []
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     dataset = MaskedImages(samples, backbone.preprocess, config.image_size)
@@ -348,7 +282,7 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
                     n = len(indices)
                     totals += [n * float(parts.total.detach()), n * float(parts.global_.detach()),
                                n * float(parts.local.detach()), n]
-                _check_in_step(trainer, dist)
+                check_same_parameters(trainer.fingerprint(), dist, "prompt parameters")
                 bar.update(1)
             totals = np.sum(dist.all_gather_object(totals.tolist(), "summing the epoch's losses"), axis=0)
             means = totals[:3] / max(totals[3], 1)
@@ -362,10 +296,11 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
                         "processes": dist.world_size, "effective_batch_size": config.batch_size * dist.world_size}
             if dist.is_main:
                 with atomic_dir(out) as folder:  # state, adapter and log of this epoch appear together
-                    _write_state(folder, trainer, {"epochs_done": epoch + 1, "signature": signature})
+                    tensors, meta = trainer.state_tensors()
+                    write_state(folder, tensors, {"epochs_done": epoch + 1, "signature": signature, **meta})
                     save_prompt_adapter(folder, trainer.learner, settings, training=training,
                                         source={"kind": "trained"})
-                    _write_log(folder, rows)
+                    write_log(folder, rows, LOG_FIELDS)
             dist.barrier("writing the epoch's adapter")
     finally:
         bar.close()
@@ -375,15 +310,6 @@ def train_prompts(config: TrainConfig, dist: Dist | None = None) -> Path:
 def _empty_batch(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch of a rank whose slice of the last step is empty (it still takes part in the step)."""
     return torch.empty(0, 3, size, size), torch.empty(0, size, size), torch.empty(0, dtype=torch.long)
-
-
-def _check_in_step(trainer: PromptTrainer, dist: Dist) -> None:
-    """Every rank must hold the same parameters after a step (data parallelism's invariant)."""
-    if not dist.active:
-        return
-    prints = dist.all_gather_object(trainer.fingerprint(), "comparing the ranks' parameters")
-    if max(prints) - min(prints) > 1e-9 * max(1.0, abs(prints[0])):
-        raise DistributedError(f"the ranks' prompt parameters differ after a step ({prints}); this is a bug")
 
 
 def training_config_fields() -> set[str]:

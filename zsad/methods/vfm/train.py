@@ -27,9 +27,6 @@ gradients summed over them, so every rank takes the official step.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -40,17 +37,29 @@ import numpy as np
 import torch
 
 from zsad.backbones.base import Backbone
-from zsad.distributed import Dist, DistributedError
+from zsad.distributed import Dist
 from zsad.errors import DatasetError, UsageError
-from zsad.fileio import atomic_dir, atomic_write_text, settle_dir
+from zsad.fileio import atomic_dir
+from zsad.methods.training import (
+    STATE_NAME,
+    LabelledImages,
+    check_same_parameters,
+    fingerprint,
+    labelled_samples,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    prepare_out,
+    read_log,
+    read_state,
+    write_log,
+    write_state,
+)
 from zsad.methods.vfm.adapter import VfmModules, VfmSettings, save_vfm_adapter
 from zsad.methods.vfm.dora import DEFAULT_ALPHA, DEFAULT_RANK, run_adapted
 from zsad.methods.vfm.features import vfm_features
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "train_state.safetensors"
-LOG_NAME = "train_log.csv"
 LOG_FIELDS = ("step", "loss", "image_loss", "mask_loss", "seconds")
 #: steps of the official recipe per backbone family (``train.py`` defaults and the README's commands)
 DEFAULT_STEPS = {"radio": 200}
@@ -106,57 +115,33 @@ class VfmTrainConfig:
 
 def training_samples(data: Path, format: str = "auto", split: str = "all",
                      categories: tuple[str, ...] | None = None) -> tuple[list, dict[str, Any]]:
-    """Labelled samples of the chosen categories and split(s) (``all``: train and test), and their summary."""
-    from zsad.data.datasets import open_dataset
-
-    dataset = open_dataset(data, format=format, categories=categories)
-    splits = ("train", "test") if split == "all" else (split,)
-    samples = [s for c in dataset.categories for sp in splits for s in _samples(dataset, c, sp)]
-    anomalous = sum(s.label == 1 for s in samples)
-    if not samples or not anomalous:
-        raise DatasetError(f"{data}: AnomalyVFM trains on normal and anomalous images with masks; found "
-                           f"{len(samples)} images, {anomalous} anomalous, in split(s) {', '.join(splits)}")
-    masks = sum(s.mask_path is not None for s in samples)
-    if masks < anomalous:
-        log.warning("%d of %d anomalous training images have no mask; they count as all-normal pixels",
-                    anomalous - masks, anomalous)
-    summary = {"root": str(data), "format": dataset.format, "split": split, "categories": list(dataset.categories),
-               "n_images": len(samples), "n_anomalous": anomalous, "n_masks": masks}
-    return samples, summary
+    """Labelled samples of the chosen categories and split(s) (``all``: train and test), and their summary; some
+    must be anomalous."""
+    samples, summary = labelled_samples(data, format, ("train", "test") if split == "all" else (split,), categories)
+    if not summary["n_anomalous"]:
+        raise DatasetError(f"{data}: AnomalyVFM trains on normal and anomalous images with masks; the "
+                           f"{summary['n_images']} images of split(s) {summary['split']} are all normal")
+    return samples, {**summary, "split": split}
 
 
-def _samples(dataset, category: str, split: str) -> list:
-    try:
-        return dataset.samples(category, split)
-    except DatasetError:
-        return []
-
-
-class MaskedImages(torch.utils.data.Dataset):
+class MaskedImages(LabelledImages):
     """(preprocessed image, mask ``[1, m, m]`` in {0, 1}, label): the mask resized bilinearly with antialiasing
     (``T.Resize`` on a tensor) to the decoder's size and thresholded at 0.5 (``aux_dataset.py``)."""
 
     def __init__(self, samples: list, preprocess, mask_size: int) -> None:
-        self.samples = samples
-        self.preprocess = preprocess
+        super().__init__(samples, preprocess)
         self.mask_size = mask_size
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
+    def resize_mask(self, mask: np.ndarray) -> torch.Tensor:
         import torch.nn.functional as F
 
-        from zsad.data.datasets import load_mask
-        from zsad.data.images import load_image
-
-        sample = self.samples[index]
-        image = load_image(sample.image_path)
-        mask = load_mask(sample.mask_path, image.size, sample.image_path).astype(np.float32)
-        tensor = torch.from_numpy(mask)[None, None]
+        tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
         resized = F.interpolate(tensor, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=False,
                                 antialias=True)[0]
-        return self.preprocess([image])[0], (resized > 0.5).float(), float(sample.label)
+        return (resized > 0.5).float()
+
+    def label(self, sample) -> float:
+        return float(sample.label)
 
 
 def vfm_loss(score_logits: torch.Tensor, mask_logits: torch.Tensor, confidence: torch.Tensor, labels: torch.Tensor,
@@ -224,28 +209,15 @@ class VfmTrainer:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
-    def fingerprint(self) -> float:
-        return float(sum(p.detach().double().sum() + (p.detach().double() ** 2).sum() for p in self.modules.parameters()))
-
     # -- state as tensors only (safetensors), so resuming never unpickles ----------------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"modules.{k}": v.detach().cpu().contiguous() for k, v in self.modules.state_dict().items()}
-        optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            for key, value in state.items():
-                tensors[f"adamw.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        return tensors, {"param_groups": optim["param_groups"]}
+        tensors, meta = optimizer_tensors(self.optimizer, "adamw")
+        tensors.update({f"modules.{k}": v.detach().cpu().contiguous() for k, v in self.modules.state_dict().items()})
+        return tensors, meta
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        device = self.backbone.device
-        own = {k[len("modules."):]: v for k, v in tensors.items() if k.startswith("modules.")}
-        self.modules.load_state_dict(own)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("adamw."):
-                _, index, field = key.split(".", 2)
-                state.setdefault(int(index), {})[field] = value if field == "step" else value.to(device)
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.modules.load_state_dict({k[len("modules."):]: v for k, v in tensors.items() if k.startswith("modules.")})
+        load_optimizer_tensors(self.optimizer, tensors, meta, "adamw", self.backbone.device)
 
 
 def step_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
@@ -290,12 +262,7 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
     dist = dist or Dist()
     config.check()
     out = Path(config.out)
-    if dist.is_main:
-        settle_dir(out)
-    dist.barrier("checking the output folder")
-    if not config.resume and out.exists() and any((out / n).exists() for n in (STATE_NAME, "adapter.json")):
-        raise UsageError(f"{out} already holds an adapter or a training run; pass --resume to continue it, or "
-                         f"choose another --out")
+    prepare_out(out, config.resume, dist)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     family = parse_backbone_name(config.backbone).family
@@ -314,14 +281,14 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
                  "seed": config.seed, "processes": dist.world_size, **settings.to_config()}
     done = 0
     if config.resume and (out / STATE_NAME).is_file():
-        tensors, meta = _read_state(out)
+        tensors, meta = read_state(out)
         if meta.get("signature") != signature:
             raise UsageError(f"{out}: the interrupted run used other settings ({meta.get('signature')}); resume with "
                              f"the same options or choose another --out")
         trainer.load_state_tensors(tensors, meta)
         done = int(meta["steps_done"])
         log.info("resuming %s after step %d of %d", out, done, total)
-    rows = _read_log(out, done) if done else []
+    rows = read_log(out, "step", done) if done else []
     dataset = MaskedImages(samples, backbone.preprocess, backbone.grid_size * 2 ** settings.upsample_blocks)
     plan = [my_micro_batches(step_indices(len(dataset), config.batch_size, config.seed, step), config.micro_batch,
                              dist) for step in range(done, total)]
@@ -335,7 +302,7 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
             batches = [next(loader) for _ in mine]
             image, mask = trainer.step(batches, count, dist)
             totals = np.sum(dist.all_gather_object([image, mask], "summing the step's losses"), axis=0) / count
-            _check_in_step(trainer, dist)
+            check_same_parameters(fingerprint(trainer.modules.parameters()), dist)
             rows.append({"step": step + 1, "loss": f"{totals.sum():.6f}", "image_loss": f"{totals[0]:.6f}",
                          "mask_loss": f"{totals[1]:.6f}", "seconds": f"{time.perf_counter() - started:.2f}"})
             bar.update(1)
@@ -347,9 +314,10 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
                             "final_loss": round(float(totals.sum()), 6), "processes": dist.world_size}
                 if dist.is_main:
                     with atomic_dir(out) as folder:  # state, adapter and log of this step appear together
-                        _write_state(folder, trainer, {"steps_done": step + 1, "signature": signature})
+                        tensors, meta = trainer.state_tensors()
+                        write_state(folder, tensors, {"steps_done": step + 1, "signature": signature, **meta})
                         save_vfm_adapter(folder, trainer.modules, training=training, source={"kind": "trained"})
-                        _write_log(folder, rows)
+                        write_log(folder, rows, LOG_FIELDS)
                 dist.barrier("writing the adapter")
     finally:
         bar.close()
@@ -359,51 +327,6 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images, masks, labels = zip(*items)
     return torch.stack(images), torch.stack(masks), torch.tensor(labels)
-
-
-def _check_in_step(trainer: VfmTrainer, dist: Dist) -> None:
-    """Every rank must hold the same parameters after a step (data parallelism's invariant)."""
-    if not dist.active:
-        return
-    prints = dist.all_gather_object(trainer.fingerprint(), "comparing the ranks' parameters")
-    if max(prints) - min(prints) > 1e-9 * max(1.0, abs(prints[0])):
-        raise DistributedError(f"the ranks' parameters differ after a step ({prints}); this is a bug")
-
-
-def _write_state(out: Path, trainer: VfmTrainer, info: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    tensors, meta = trainer.state_tensors()
-    save_file(tensors, str(out / STATE_NAME), metadata={"zsad": json.dumps({**info, **meta})})
-
-
-def _read_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
-    path = out / STATE_NAME
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = json.loads(handle.metadata()["zsad"])
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as exc:  # noqa: BLE001 - any unreadable state is one user-facing error
-        raise UsageError(f"{path}: cannot resume from this training state ({exc})") from None
-    return tensors, meta
-
-
-def _write_log(out: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / LOG_NAME, buffer.getvalue())
-
-
-def _read_log(out: Path, steps_done: int) -> list[dict[str, Any]]:
-    path = out / LOG_NAME
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["step"]) <= steps_done]
 
 
 __all__ = ["MaskedImages", "VfmTrainConfig", "VfmTrainer", "train_vfm", "training_samples", "vfm_loss"]
