@@ -85,31 +85,27 @@ def parse_backbone_name(name: str) -> BackboneSpec:
 
 def _parse_timm(name: str) -> BackboneSpec:
     """``timm:MODEL``, ``timm:MODEL:random`` or ``timm:MODEL:/path``; MODEL is timm's name, tag included."""
-    model, sep, rest = name[len(TIMM_PREFIX):].partition(":")
-    if not model or (sep and not rest):
-        raise UsageError(f"backbone '{name}': expected timm:MODEL (e.g. timm:vit_large_patch14_dinov2.lvd142m), "
-                         f"timm:MODEL:random or timm:MODEL:/path/to/weights")
-    if rest == "random":
-        return BackboneSpec(name=name, kind="random", arch=model, family="timm")
-    if rest:
-        return BackboneSpec(name=name, kind="file", arch=model, source=rest, family="timm")
-    if model == TINY_DINO:
-        raise UsageError(f"backbone '{name}': the tiny DINOv2 has no released weights; use "
-                         f"{TIMM_PREFIX}{TINY_DINO}:random or {TIMM_PREFIX}{TINY_DINO}:/path/to/weights")
-    return BackboneSpec(name=name, kind="tag", arch=model, family="timm")
+    return _parse_family(name, TIMM_PREFIX, "timm", TINY_DINO, "the tiny DINOv2",
+                         "timm:MODEL (e.g. timm:vit_large_patch14_dinov2.lvd142m), timm:MODEL:random or "
+                         "timm:MODEL:/path/to/weights")
 
 
 def _parse_radio(name: str) -> BackboneSpec:
     """``radio:ARCH``, ``radio:ARCH:random`` or ``radio:ARCH:/path`` (ARCH: v2.5-l, or tiny with random or a file)."""
-    arch, sep, rest = name[len(RADIO_PREFIX):].partition(":")
-    if not arch or (sep and not rest):
-        raise UsageError(f"backbone '{name}': expected radio:v2.5-l, radio:v2.5-l:random, radio:v2.5-l:/path/to/weights "
-                         f"or radio:tiny:random")
+    return _parse_family(name, RADIO_PREFIX, "radio", "tiny", "the tiny RADIO",
+                         "radio:v2.5-l, radio:v2.5-l:random, radio:v2.5-l:/path/to/weights or radio:tiny:random")
+
+
+def _parse_family(name: str, prefix: str, family: str, tiny: str, tiny_words: str, forms: str) -> BackboneSpec:
+    """``PREFIX:MODEL[:random|:/path]`` of a vision-only family; its tiny test model has no released weights."""
+    model, sep, rest = name[len(prefix):].partition(":")
+    if not model or (sep and not rest):
+        raise UsageError(f"backbone '{name}': expected {forms}")
     if rest == "random":
-        return BackboneSpec(name=name, kind="random", arch=arch, family="radio")
+        return BackboneSpec(name=name, kind="random", arch=model, family=family)
     if rest:
-        return BackboneSpec(name=name, kind="file", arch=arch, source=rest, family="radio")
-    if arch == "tiny":
-        raise UsageError(f"backbone '{name}': the tiny RADIO has no released weights; use radio:tiny:random or "
-                         f"radio:tiny:/path/to/weights")
-    return BackboneSpec(name=name, kind="tag", arch=arch, family="radio")
+        return BackboneSpec(name=name, kind="file", arch=model, source=rest, family=family)
+    if model == tiny:
+        raise UsageError(f"backbone '{name}': {tiny_words} has no released weights; use {prefix}{tiny}:random or "
+                         f"{prefix}{tiny}:/path/to/weights")
+    return BackboneSpec(name=name, kind="tag", arch=model, family=family)
