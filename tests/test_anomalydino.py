@@ -195,6 +195,8 @@ def test_few_shot_finds_the_planted_defect_and_is_calibrated(grain, few_shot):
     method = few_shot.method
     assert method.bank.rows == 3 * 8 * 8 * 10  # 3 references x 8 rotations x (8 x 10 patches at 112 x 150)
     result, normal = few_shot.score([bad.image, good[4].image])
+    alone = few_shot.score([bad.image])[0]  # one image at a time: the rest of the batch does not matter
+    np.testing.assert_allclose(alone.anomaly_map, result.anomaly_map, atol=1e-6)
     assert result.anomaly_map.shape == bad.mask.shape
     assert roc_auc_score(bad.mask.ravel(), result.anomaly_map.ravel()) >= 0.9
     assert result.image_score > normal.image_score
@@ -204,14 +206,6 @@ def test_few_shot_finds_the_planted_defect_and_is_calibrated(grain, few_shot):
         method.originals.tokens))
     assert worst == pytest.approx(d0)
     assert normal.extras["raw_score"] / (normal.extras["raw_score"] + d0) == pytest.approx(normal.image_score)
-
-
-def test_few_shot_scores_do_not_depend_on_the_other_images(grain, few_shot):
-    good, bad = grain
-    alone = few_shot.score([bad.image])[0]
-    together = few_shot.score([good[3].image, bad.image, good[4].image])[1]
-    assert alone.image_score == pytest.approx(together.image_score, abs=1e-6)
-    np.testing.assert_allclose(alone.anomaly_map, together.anomaly_map, atol=1e-6)
 
 
 def test_one_reference_calibrates_against_its_own_distant_patches(grain):
@@ -311,42 +305,3 @@ def test_evaluate_few_shot_uses_the_slice_and_the_per_category_masking(tmp_path,
     marker = json.loads((out / "categories" / "grain.json").read_text())
     assert marker["config"]["reference_draw"] == "slice"
 
-
-def test_batched_zero_shot_across_two_ranks_equals_one_process(tmp_path):
-    """torchrun: each rank scores its own images against the whole group (raw_across); same maps as one process."""
-    import os
-    import subprocess
-    import sys
-
-    from zsad.data.synthetic import make_dataset
-
-    make_dataset(tmp_path / "data", categories=["grain"], n_train_good=1, n_test_good=3, n_test_defect=3, size=64)
-    script = tmp_path / "maps.py"
-    script.write_text(
-        "import sys, numpy as np, zsad\n"
-        "from zsad.distributed import from_env\n"
-        "from zsad.runner import sources_from_inputs\n"
-        "dist = from_env('cpu')\n"
-        f"det = zsad.create('anomalydino', backbone='{TINY}', image_size=56, device='cpu', batch_size=2,"
-        " warn_random=False)\n"
-        "out = {o.source.key: o.result.anomaly_map for o in det.runner().run(sources_from_inputs([sys.argv[1]]),"
-        " dist=dist)}\n"
-        "np.savez(sys.argv[2] + f'/maps-{dist.rank}.npz', **{k.replace('/', '|'): v for k, v in out.items()})\n"
-        "dist.close()\n", encoding="utf-8")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", ZSAD_DIST_TIMEOUT="120")
-    env.pop("WORLD_SIZE", None)
-    (tmp_path / "two").mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-           str(tmp_path / "data" / "grain" / "test"), str(tmp_path / "two")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    from zsad.runner import sources_from_inputs
-
-    det = zsad.create("anomalydino", backbone=TINY, image_size=56, device="cpu", batch_size=2, warn_random=False)
-    one = {o.source.key.replace("/", "|"): o.result.anomaly_map
-           for o in det.runner().run(sources_from_inputs([str(tmp_path / "data" / "grain" / "test")]))}
-    shares = [dict(np.load(tmp_path / "two" / f"maps-{r}.npz")) for r in (0, 1)]
-    assert all(shares) and sorted(one) == sorted({**shares[0], **shares[1]}) and len(one) == 6
-    for share in shares:
-        for key, amap in share.items():
-            np.testing.assert_allclose(amap, one[key], atol=1e-5, rtol=0)

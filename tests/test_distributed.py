@@ -91,15 +91,17 @@ def test_score_on_two_processes_equals_one(data, tmp_path):
     assert not (tmp_path / "two" / ".shards").exists()
 
 
-def test_musc_maps_across_ranks_equal_one_process(data, tmp_path):
-    """The exact MSM split over two ranks gives the single-process maps (max |diff| <= 1e-5 in fp32)."""
+@pytest.mark.parametrize(("method", "backbone"), [("musc", "tiny-random"), ("anomalydino", "timm:tiny-dinov2:random")])
+def test_joint_maps_across_ranks_equal_one_process(data, tmp_path, method, backbone):
+    """A group scored jointly by two ranks gives the single-process maps (max |diff| <= 1e-5 in fp32): MuSc's
+    exact MSM split, AnomalyDINO's batched zero-shot (each rank scores its own images against the whole group)."""
     script = tmp_path / "maps.py"
     script.write_text(
         "import sys, numpy as np, zsad\n"
         "from zsad.distributed import from_env\n"
         "from zsad.runner import sources_from_inputs\n"
         "dist = from_env('cpu')\n"
-        "det = zsad.create('musc', backbone='tiny-random', image_size=56, device='cpu', batch_size=2)\n"
+        f"det = zsad.create('{method}', backbone='{backbone}', image_size=56, device='cpu', batch_size=2)\n"
         "out = {o.source.key: o.result.anomaly_map for o in det.runner().run(sources_from_inputs([sys.argv[1]]),"
         " dist=dist)}\n"
         "np.savez(sys.argv[2] + f'/maps-{dist.rank}.npz', **{k.replace('/', '|'): v for k, v in out.items()})\n"

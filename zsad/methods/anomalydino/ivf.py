@@ -72,17 +72,18 @@ def build_ivf(features: Tensor, *, lists: int | None = None, iterations: int = 8
 
 
 @contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Torch's CPU ops on one thread for the duration (restored after). The per-cluster loop is hundreds of small
-    products and reductions, where OpenMP's fork and barrier cost more than the arithmetic: on the 2-core dev
-    machine under load the same search took 0.19 s on one thread and 1.3-1.8 s on two."""
-    if device.type != "cpu":
-        yield
-        return
+def _one_cpu_thread(device: torch.device) -> Iterator[int]:
+    """Torch's CPU ops on one thread for the duration (restored after); yields how many threads torch had. The
+    per-cluster loop is hundreds of small products and reductions, where OpenMP's fork and barrier cost more than
+    the arithmetic (on the 2-core dev machine under load one search took 0.19 s on one thread, 1.3-1.8 s on two):
+    the clusters are shared out to that many Python threads instead, each running its ops inline."""
     before = torch.get_num_threads()
+    if device.type != "cpu":
+        yield 1
+        return
     torch.set_num_threads(1)
     try:
-        yield
+        yield before
     finally:
         torch.set_num_threads(before)
 
@@ -92,32 +93,47 @@ def ivf_search(queries: Tensor, features: Tensor, index: IvfIndex, owner: Tensor
     """``[Q]`` mean ``1 - cos`` of each unit query row to its ``k`` nearest bank rows (``features`` [M, C],
     ``owner`` [M]: the reference of each row; rows of ``exclude_owner`` left out) among its ``probe`` nearest
     clusters."""
-    with _one_cpu_thread(queries.device):
-        return _ivf_search(queries, features, index, owner, k=k, probe=probe, exclude_owner=exclude_owner)
+    from concurrent.futures import ThreadPoolExecutor
 
-
-def _ivf_search(queries: Tensor, features: Tensor, index: IvfIndex, owner: Tensor, *, k: int, probe: int,
-                exclude_owner: int | None) -> Tensor:
     q = queries
     lists = index.centroids.shape[0]
     probe = min(probe, lists)
-    probed = (q @ index.centroids.T).topk(probe, dim=1).indices  # [Q, probe]
-    flat = probed.reshape(-1)
-    query_of = torch.arange(q.shape[0], device=q.device).repeat_interleave(probe)
-    by_list = torch.argsort(flat, stable=True)
-    flat, query_of = flat[by_list].cpu(), query_of[by_list]
-    starts = torch.searchsorted(flat, torch.arange(lists + 1))
-    best = torch.full((q.shape[0], k), -math.inf, device=q.device)
-    for c in torch.nonzero(starts[1:] > starts[:-1]).flatten().tolist():
-        rows = index.order[int(index.offsets[c]):int(index.offsets[c + 1])]
-        if not len(rows):
-            continue
-        who = query_of[int(starts[c]):int(starts[c + 1])]
-        sims = q[who] @ features[rows].float().T
-        if exclude_owner is not None:
-            sims.masked_fill_(owner[rows][None] == exclude_owner, -math.inf)
-        if k == 1:
-            best[who] = torch.maximum(best[who], sims.max(dim=1, keepdim=True).values)
+    with _one_cpu_thread(q.device) as workers:
+        probed = (q @ index.centroids.T).topk(probe, dim=1).indices  # [Q, probe], nearest first
+        # a row budget: what ``probe`` clusters of the mean size hold. Near-identical patches (a plain background)
+        # make a few clusters far larger than the mean; a query whose nearest clusters are those scans them and
+        # stops there instead of scanning ``probe`` of them (the nearest cluster is always scanned)
+        sizes = (index.offsets[1:] - index.offsets[:-1]).to(q.device)[probed]
+        keep = (sizes.cumsum(dim=1) - sizes) < probe * index.order.shape[0] / lists
+        keep[:, 0] = True
+        flat = probed[keep]
+        query_of = torch.arange(q.shape[0], device=q.device).repeat_interleave(keep.sum(dim=1))
+        by_list = torch.argsort(flat, stable=True)
+        flat, query_of = flat[by_list].cpu(), query_of[by_list]
+        starts = torch.searchsorted(flat, torch.arange(lists + 1))
+        todo = torch.nonzero(starts[1:] > starts[:-1]).flatten().tolist()
+
+        def scan(clusters: list[int]) -> Tensor:
+            best = torch.full((q.shape[0], k), -math.inf, device=q.device)
+            for c in clusters:
+                rows = index.order[int(index.offsets[c]):int(index.offsets[c + 1])]
+                if not len(rows):
+                    continue
+                who = query_of[int(starts[c]):int(starts[c + 1])]
+                sims = q[who] @ features[rows].float().T
+                if exclude_owner is not None:
+                    sims.masked_fill_(owner[rows][None] == exclude_owner, -math.inf)
+                if k == 1:
+                    best[who] = torch.maximum(best[who], sims.max(dim=1, keepdim=True).values)
+                else:
+                    best[who] = torch.cat([best[who], sims], dim=1).topk(k, dim=1).values
+            return best
+
+        shares = [todo[w::workers] for w in range(max(1, workers))]
+        if len(shares) == 1:
+            bests = [scan(shares[0])]
         else:
-            best[who] = torch.cat([best[who], sims], dim=1).topk(k, dim=1).values
+            with ThreadPoolExecutor(len(shares)) as pool:
+                bests = list(pool.map(scan, shares))
+        best = torch.cat(bests, dim=1).topk(k, dim=1).values
     return (1.0 - best).clamp_min(0.0).mean(dim=1)
