@@ -265,7 +265,7 @@ def resolve_activation(method: str | type[Method], backbone: str | BackboneSpec,
     return cls.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
 
 
-def score(paths: Iterable[ImageLike], method: str = "clip", **kwargs) -> list[AnomalyResult]:
+def score(paths: Iterable[ImageLike], method: str = DEFAULT_METHOD, **kwargs) -> list[AnomalyResult]:
     """One-shot convenience: ``create(method, **kwargs).score(paths)``."""
     class_name = kwargs.pop("class_name", None)
     return create(method, **kwargs).score(paths, class_name=class_name)
