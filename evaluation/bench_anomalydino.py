@@ -112,7 +112,8 @@ def run(k: int, backbone: str, size: int, distinct: int, repeat: int, probes: li
     return out
 
 
-def memory(k: int, backbone: str, size: int, distinct: int, search: str, rotations: int) -> dict:
+def memory(k: int, backbone: str, size: int, distinct: int, search: str, rotations: int,
+           bank_dtype: str = "fp32") -> dict:
     """Peak resident memory of scoring one image through ``zsad.create`` with a bank of ``k x rotations`` rows
     per patch grid (built in place from the forwarded references' tokens plus noise, as :func:`run`), ``search``
     ``exact`` or ``ivf``: the model, the bank (and index) and the search tiles, nothing the benchmark adds."""
@@ -130,12 +131,12 @@ def memory(k: int, backbone: str, size: int, distinct: int, search: str, rotatio
     base = method.bank.features
     per_image = base.shape[0] // len(refs)
     rows = k * rotations * per_image
-    feats = torch.empty(rows, base.shape[1])
+    feats = torch.empty(rows, base.shape[1], dtype=torch.float16 if bank_dtype == "fp16" else torch.float32)
     gen = torch.Generator().manual_seed(1)
     for start in range(0, rows, base.shape[0]):
         stop = min(rows, start + base.shape[0])
         block = base[: stop - start] + (0.05 * torch.randn(stop - start, base.shape[1], generator=gen) if start else 0)
-        feats[start:stop] = torch.nn.functional.normalize(block, dim=1)
+        feats[start:stop] = torch.nn.functional.normalize(block, dim=1).to(feats.dtype)
     del base
     method.bank = PatchBank(features=feats, owner=torch.zeros(rows, dtype=torch.int32))
     if search == "ivf":
@@ -143,6 +144,7 @@ def memory(k: int, backbone: str, size: int, distinct: int, search: str, rotatio
     start = time.perf_counter()
     det.score([test])
     return {"k": k, "rotations": rotations, "rows": rows, "backbone": backbone, "size": size, "search": search,
+            "bank_dtype": bank_dtype,
             "bank_mb": method.bank.nbytes / 2**20, "score_s": time.perf_counter() - start,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -176,6 +178,7 @@ def main() -> None:
     parser.add_argument("--memory", choices=["exact", "ivf"], default=None,
                         help="only the peak memory of scoring one image with this search (see memory())")
     parser.add_argument("--rotations", type=int, default=8, choices=[1, 8], help="with --memory: copies per reference")
+    parser.add_argument("--bank-dtype", default="fp32", choices=["fp32", "fp16"], help="with --memory")
     parser.add_argument("--driver", type=int, nargs="*", default=None, metavar="K",
                         help="run these K each in its own process and print the table")
     args = parser.parse_args()
@@ -185,7 +188,8 @@ def main() -> None:
         driver(args.driver or [1, 4, 16, 64], extra)
         return
     if args.memory:
-        print(json.dumps(memory(args.k, args.backbone, args.size, args.distinct, args.memory, args.rotations)))
+        print(json.dumps(memory(args.k, args.backbone, args.size, args.distinct, args.memory, args.rotations,
+                                args.bank_dtype)))
         return
     print(json.dumps(run(args.k, args.backbone, args.size, args.distinct, args.repeat, args.probes)))
 

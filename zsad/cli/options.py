@@ -66,7 +66,7 @@ def add_anomalydino_options(p: argparse.ArgumentParser) -> None:
                    help="anomalydino with references: nearest-patch search. exact: every bank row, as the official "
                         "code; ivf: an inverted-file index, several times faster on large banks, a patch's distance "
                         "may come out slightly larger (see README); auto (default; evaluate: exact): ivf above "
-                        "65,536 bank rows (more than 8 references with rotations at 448)")
+                        "32,768 bank rows (more than 4 references with rotations at 448)")
 
 
 def anomalydino_options(args: argparse.Namespace) -> dict:

@@ -89,10 +89,11 @@ def _one_cpu_thread(device: torch.device) -> Iterator[int]:
 
 
 def ivf_search(queries: Tensor, features: Tensor, index: IvfIndex, owner: Tensor, *, k: int = 1,
-               probe: int = DEFAULT_PROBE, exclude_owner: int | None = None) -> Tensor:
+               probe: int = DEFAULT_PROBE, exclude_owner: int | None = None,
+               tile_elements: int = 1 << 22) -> Tensor:
     """``[Q]`` mean ``1 - cos`` of each unit query row to its ``k`` nearest bank rows (``features`` [M, C],
     ``owner`` [M]: the reference of each row; rows of ``exclude_owner`` left out) among its ``probe`` nearest
-    clusters."""
+    clusters; at most ``tile_elements`` similarities per worker at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     q = queries
@@ -120,13 +121,17 @@ def ivf_search(queries: Tensor, features: Tensor, index: IvfIndex, owner: Tensor
                 if not len(rows):
                     continue
                 who = query_of[int(starts[c]):int(starts[c + 1])]
-                sims = q[who] @ features[rows].float().T
-                if exclude_owner is not None:
-                    sims.masked_fill_(owner[rows][None] == exclude_owner, -math.inf)
-                if k == 1:
-                    best[who] = torch.maximum(best[who], sims.max(dim=1, keepdim=True).values)
-                else:
-                    best[who] = torch.cat([best[who], sims], dim=1).topk(k, dim=1).values
+                mine = q[who]
+                step = max(k, tile_elements // len(who))  # an oversized cluster goes in tiles
+                for r0 in range(0, len(rows), step):
+                    part = rows[r0:r0 + step]
+                    sims = mine @ features[part].float().T
+                    if exclude_owner is not None:
+                        sims.masked_fill_(owner[part][None] == exclude_owner, -math.inf)
+                    if k == 1:
+                        best[who] = torch.maximum(best[who], sims.max(dim=1, keepdim=True).values)
+                    else:
+                        best[who] = torch.cat([best[who], sims], dim=1).topk(k, dim=1).values
             return best
 
         shares = [todo[w::workers] for w in range(max(1, workers))]

@@ -58,9 +58,9 @@ class AnomalyDinoReferenceConfig:
     tile_elements: int = DEFAULT_TILE_ELEMENTS
     # "exact" (the official exhaustive search), "ivf" (an inverted-file index: faster on large banks, a patch's
     # distance may come out larger, see zsad.methods.anomalydino.ivf), or "auto" (default): ivf above ivf_from
-    # bank rows (K > 8 references with rotations at 448); zsad evaluate runs "exact" unless told otherwise
+    # bank rows (more than 4 references with rotations at 448); zsad evaluate runs "exact" unless told otherwise
     search: str = "auto"
-    ivf_from: int = 1 << 16
+    ivf_from: int = 1 << 15
     probe: int = DEFAULT_PROBE
     bank_dtype: str = "fp32"  # "fp16" halves the bank's memory (products still in fp32; rows rounded to fp16)
     batch_size: int = 8  # reference copies per forward pass when the bank is built
