@@ -29,6 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lvlm", default=None, metavar="MODEL",
                    help="answer with a vision-language model (Hugging Face id or local folder, e.g. "
                         "HuggingFaceTB/SmolVLM-256M-Instruct); without it, grounded rule-based answers")
+    p.add_argument("--batch", nargs="+", default=None, metavar="OTHERS",
+                   help="other parts scored together with IMAGE (files, folders or globs): batch methods (auto with "
+                        ">= 5 images) then compare them, and questions such as 'does this defect appear on other "
+                        "parts?' are answered from the batch")
     p.add_argument("--json", action="store_true", help="print the evidence and the answer as JSON")
     p.set_defaults(func=run)
     return p
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     import zsad
     from zsad.data.images import load_image
     from zsad.dialogue import Conversation
-    from zsad.runner import Source, identity
+    from zsad.runner import Source, identity, sources_from_inputs
 
     question = " ".join(args.question).strip()
     if not question:
@@ -115,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
                            image_size=args.image_size, threshold=args.threshold, class_name=args.class_name,
                            cache_dir=args.cache_dir, activation=args.activation, warn_random=False, **options)
     warn_random_weights(detector.backbone, args.backbone, "the answer is meaningless")
-    result = detector.score([Source(key=identity(args.image), path=args.image, image=image)])[0]
+    asked = Source(key=identity(args.image), path=args.image, image=image)
+    others = [s for s in sources_from_inputs(args.batch) if s.key != asked.key] if args.batch else []
+    if args.batch and not others:
+        raise UsageError(f"--batch {' '.join(args.batch)}: no other images found")
+    result = detector.score([asked, *others])[0]
     responder = _responder(args, lvlm_adapter, _vocabulary(args))
     conversation = Conversation.from_result(result, image, class_name=args.class_name or "object",
                                             responder=responder)

@@ -51,6 +51,13 @@ def add_msm_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--msm-precision", default="fp32", choices=["fp32", "fp16"],
                    help="musc/auto: storage of the mutual-scoring features; fp16 halves their memory and on CUDA "
                         "screens pair products on tensor cores with exact fp32 re-scoring (default fp32)")
+    from zsad.methods.musc.repeats import REPEAT_MODES
+
+    p.add_argument("--repeats", default=None, choices=list(REPEAT_MODES),
+                   help="musc/auto: a defect repeated on many images of a batch (a worn tool, a misplaced fixture) "
+                        "hides itself from mutual scoring. exclude (default): find such repeats, name them on the "
+                        "rows and in the summary, and score their images without letting them vouch for each "
+                        "other; report: find and name them, keep plain MuSc scores; off: plain MuSc")
 
 
 def add_anomalydino_options(p: argparse.ArgumentParser) -> None:
@@ -94,6 +101,8 @@ def method_options(args: argparse.Namespace, method: str) -> dict:
     if "msm_precision" in _config_fields(method):  # the methods with mutual scoring (musc, auto)
         if getattr(args, "msm_precision", "fp32") != "fp32":
             options["msm_precision"] = args.msm_precision
+        if getattr(args, "repeats", None):
+            options["repeats"] = args.repeats
         if not getattr(args, "quiet", True) and sys.stderr.isatty():
             options["progress"] = True  # a bar over mutual-scoring blocks, which dominate large batches (not in logs)
     return options

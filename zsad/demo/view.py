@@ -16,6 +16,7 @@ from typing import Any
 from zsad.demo import table
 from zsad.demo.kept import KeptImage
 from zsad.demo.names import png_name
+from zsad.methods.musc.repeats import describe_repeats
 from zsad.types import AnomalyResult
 from zsad.visualize import overlay
 
@@ -50,6 +51,7 @@ class ViewWriter:
             if old != self.out:
                 shutil.rmtree(old, ignore_errors=True)
         self.shown: dict[int, Shown] = {}  # item index -> what was drawn
+        self.repeats: list[tuple[str, dict]] = []  # rows of images sharing a repeated anomaly (musc/auto)
 
     def draw(self, index: int, name: str, kept: KeptImage, result: AnomalyResult) -> None:
         """Draw item ``index`` from its decided ``result`` (full resolution; the picture is display size)."""
@@ -58,8 +60,11 @@ class ViewWriter:
         picture.save(path)
         verdict = "ANOMALOUS" if result.pred_label else "normal"
         defect = f" · {result.defect_type}" if result.defect_type else ""
-        self.shown[index] = Shown(str(path), f"{name} · {result.image_score:.3f} · {verdict}{defect}",
+        repeat = f" · repeat {result.extras['repeat_pattern']}" if result.extras.get("repeat_pattern") else ""
+        self.shown[index] = Shown(str(path), f"{name} · {result.image_score:.3f} · {verdict}{defect}{repeat}",
                                   table.result_row(name, result))
+        if repeat:
+            self.repeats.append(("", result.extras))
 
     def finish(self, items: Sequence[Any], *, method: str, seconds: float, threshold: float,
                random_weights: bool | None) -> View:
@@ -79,6 +84,8 @@ class ViewWriter:
                   f"**{table.anomalous(rows)}** anomalous at threshold {threshold:.2f}")
         if failed:
             status += f"; **{failed}** could not be read (see the table)"
+        for line in describe_repeats(self.repeats):  # a systematic fault: say it where the user looks first
+            status += f". **Repeated anomaly: {line}**"
         if random_weights:
             status += ". Random backbone weights: scores are meaningless."
         return View(gallery=gallery, rows=rows, csv_path=str(csv_path), status=status)

@@ -60,6 +60,27 @@ class RegionEvidence:
 
 
 @dataclass(frozen=True)
+class BatchEvidence:
+    """How the image compares with the other images it was scored with (musc/auto look for anomalies repeated on
+    several of them: a worn tool, a misplaced fixture). ``shared``: images sharing a repeated anomaly with this one,
+    itself included (0: none found); ``place`` (3x3 cell) and ``pattern`` name it."""
+
+    images: int
+    shared: int = 0
+    place: str | None = None
+    pattern: str | None = None
+
+    @classmethod
+    def from_extras(cls, extras: dict[str, Any]) -> BatchEvidence | None:
+        """From a result's extras (``group_images``, ``repeat_images``, ``repeat_place``, ``repeat_pattern``); None
+        when the image was not compared with others."""
+        if "group_images" not in extras:
+            return None
+        return cls(images=int(extras["group_images"]), shared=int(extras.get("repeat_images") or 0),
+                   place=extras.get("repeat_place"), pattern=extras.get("repeat_pattern"))
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Everything an answer may say about one image. Regions are largest first."""
 
@@ -76,6 +97,8 @@ class Evidence:
     type_probs: tuple[tuple[str, float], ...] = ()
     #: the anomaly map's maximum (None for mask evidence)
     map_peak: float | None = None
+    #: the batch it was scored with and what repeats there (None: scored alone, or by a method that does not look)
+    batch: BatchEvidence | None = None
 
     def cells(self) -> set[str]:
         """The grid cells holding a region."""
@@ -112,6 +135,10 @@ class Evidence:
         if self.anomalous and self.defect_type:
             prob = f" (p={self.defect_prob:.2f})" if self.defect_prob is not None else ""
             parts.append(f"likely type: {self.defect_type}{prob}")
+        if self.batch is not None and self.batch.shared > 1:
+            at = f" at the {self.batch.place}" if self.batch.place else ""
+            parts.append(f"the same anomaly{at} appears on {self.batch.shared - 1} other image(s) of the "
+                         f"{self.batch.images} scored together")
         return "; ".join(parts) + "."
 
 
@@ -132,6 +159,7 @@ def evidence_from_result(result: AnomalyResult, class_name: str = "object") -> E
         regions=regions, defect_type=result.defect_type if result.pred_label else None,
         defect_prob=None if prob is None else float(prob), class_name=class_name, image_size=result.size,
         type_probs=probs, map_peak=float(np.max(result.anomaly_map)) if result.anomaly_map.size else None,
+        batch=BatchEvidence.from_extras(result.extras),
     )
 
 

@@ -27,6 +27,7 @@ from zsad.errors import UsageError
 from zsad.methods.base import Method, Share
 from zsad.methods.clip import ClipConfig, ClipEvidence, ClipMethod, concat_evidence
 from zsad.methods.musc import MIN_IMAGES, MuscConfig, MuscFeatures, MuscMethod, concat_features
+from zsad.methods.musc.repeats import MutualScores
 from zsad.scoring.maps import grid_to_image, to_original_size
 from zsad.types import RawOutput
 
@@ -37,6 +38,7 @@ class AutoConfig:
     prompts: str | None = None  # passed to the clip part
     reference_size: int | None = None  # passed to the MuSc part
     msm_precision: str = "fp32"  # passed to the MuSc part
+    repeats: str = "exclude"  # passed to the MuSc part (zsad.methods.musc.repeats)
     progress: bool = False
 
 
@@ -67,7 +69,7 @@ class AutoMethod(Method):
         self.musc = MuscMethod(backbone, dtype=dtype,
                                config=MuscConfig(reference_size=self.config.reference_size,
                                                  msm_precision=self.config.msm_precision,
-                                                 progress=self.config.progress))
+                                                 repeats=self.config.repeats, progress=self.config.progress))
 
     def setup(self, class_name: str | None = None) -> None:
         super().setup(class_name)
@@ -90,21 +92,21 @@ class AutoMethod(Method):
 
     def raw_joint(self, features: AutoFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         """MuSc fused with ``clip`` (see the module doc)."""
-        patch = self.musc.patch_scores(features.musc)
+        mutual = self.musc.mutual(features.musc)
         scores, lo, hi = self._clip_stats(features.clip)
-        yield from self._fused(features.clip, sizes, patch, features.musc.pooled, (scores, lo, hi), first=0)
+        yield from self._fused(features.clip, sizes, mutual, features.musc.pooled, (scores, lo, hi), first=0)
 
     def raw_across(self, features: AutoFeatures | None, sizes: Sequence[tuple[int, int]],
                    share: Share) -> Iterator[RawOutput]:
         """The group spread over ranks: MuSc's rows where the images are, CLIP's per-image numbers gathered (the
         fusion normalises both over the whole group)."""
-        patch, pooled = self.musc.gathered_patch_scores(features.musc if features is not None else None, share)
+        mutual, pooled = self.musc.gathered_patch_scores(features.musc if features is not None else None, share)
         local = self._clip_stats(features.clip) if features is not None else (torch.empty(0), math.inf, -math.inf)
         every = share.comm.all_gather_object((local[0].tolist(), local[1], local[2]), "gathering CLIP scores")
         scores = torch.tensor([v for values, _, _ in every for v in values])
         lo, hi = min(e[1] for e in every), max(e[2] for e in every)
         if features is not None:
-            yield from self._fused(features.clip, sizes, patch, pooled, (scores, lo, hi), first=share.offset)
+            yield from self._fused(features.clip, sizes, mutual, pooled, (scores, lo, hi), first=share.offset)
 
     def _clip_alone(self, clip: ClipEvidence, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         for i, orig in enumerate(sizes):
@@ -119,13 +121,14 @@ class AutoMethod(Method):
             lo, hi = min(lo, float(cmap.min())), max(hi, float(cmap.max()))
         return torch.tensor(scores, dtype=torch.float64), lo, hi
 
-    def _fused(self, clip: ClipEvidence, sizes: Sequence[tuple[int, int]], musc_patch: torch.Tensor,
+    def _fused(self, clip: ClipEvidence, sizes: Sequence[tuple[int, int]], mutual: MutualScores,
                pooled: torch.Tensor, clip_stats: tuple[torch.Tensor, float, float], first: int) -> Iterator[RawOutput]:
         """Outputs of group images ``first ..`` (``clip`` and ``sizes`` hold just those; the MuSc patch scores,
         embeddings and CLIP statistics cover the whole group)."""
         w = self.config.musc_weight
         size = self.backbone.image_size
-        musc_scores, (m_lo, m_hi) = self.musc.image_scores(musc_patch, pooled)
+        musc_patch = mutual.patch
+        musc_scores, (m_lo, m_hi) = self.musc.image_scores(musc_patch, pooled, mutual)
         clip_scores, c_lo, c_hi = clip_stats
         clip_norm = _minmax(clip_scores.float())
         musc_norm = _minmax(musc_scores)
@@ -136,7 +139,9 @@ class AutoMethod(Method):
             clip_map = (self.clip.maps_at_input_size(clip.patch_probs[i][None]) - c_lo) / c_span
             fused_map = w * musc_map + (1 - w) * clip_map
             score = w * float(musc_norm[g]) + (1 - w) * float(clip_norm[g])
+            extras = {"used": "musc+clip", "musc_score": float(musc_norm[g]), "clip_score": float(clip_norm[g]),
+                      "activation": self.backbone.activation}
+            if mutual.findings is not None:
+                extras.update(mutual.findings.extras(g))
             yield RawOutput(image_score=score, anomaly_map=to_original_size(fused_map, [orig])[0], method=self.name,
-                            defect_probs=clip.defect_probs[i],
-                            extras={"used": "musc+clip", "musc_score": float(musc_norm[g]),
-                                    "clip_score": float(clip_norm[g]), "activation": self.backbone.activation})
+                            defect_probs=clip.defect_probs[i], extras=extras)

@@ -35,7 +35,8 @@ from zsad.dialogue.understand.vocabulary import DefectVocabulary
 
 CAN_ONLY_TELL = (
     "I can only tell whether there is a defect (of a type, in a place), where it is, what type it is, how many "
-    "regions there are, how large they are, how confident the detector is and why, or describe what it found."
+    "regions there are, how large they are, how confident the detector is and why, whether it repeats on other "
+    "parts, or describe what it found."
 )
 #: Intents that only ask about a defect; on a normal image, several of them get one "no defect" answer.
 ABOUT_THE_DEFECT = (Intent.LOCATION, Intent.TYPE, Intent.COUNT, Intent.SIZE)
@@ -84,7 +85,7 @@ class GroundedResponder:
         return {
             Intent.PRESENCE: self.presence, Intent.LOCATION: self.location, Intent.TYPE: self.type,
             Intent.COUNT: self.count, Intent.SIZE: self.size, Intent.CONFIDENCE: self.confidence,
-            Intent.DESCRIBE: self.describe, Intent.WHY: self.why,
+            Intent.DESCRIBE: self.describe, Intent.WHY: self.why, Intent.REPEAT: self.repeat,
         }[intent](q, ev)
 
     # -- is there (a defect / this type / something in this place)? -------------------------------------------
@@ -283,6 +284,26 @@ class GroundedResponder:
         if not ev.regions:
             return None
         return max(ev.regions, key=lambda r: (r.peak_score if r.peak_score is not None else r.area_fraction))
+
+    def repeat(self, q: Question, ev: Evidence) -> str:
+        """Does this defect appear on other parts? From the batch it was scored with (musc/auto find anomalies
+        repeated on several images)."""
+        batch = ev.batch
+        if batch is None:
+            return ("I cannot tell: this image was not compared with other parts. Score it together with them "
+                    "(zsad score FOLDER with musc or auto, or zsad ask IMAGE ... --batch FOLDER) and ask again.")
+        others = batch.images - 1
+        if batch.shared > 1:
+            at = f" at {place(batch.place)}" if batch.place else ""
+            pattern = f" (pattern {batch.pattern})" if batch.pattern else ""
+            return (f"Yes: the same anomaly{at} appears on {batch.shared - 1} other image"
+                    f"{'s' if batch.shared != 2 else ''} of the {batch.images} scored together{pattern}. A defect "
+                    f"repeated on many parts points to a systematic cause (a tool, a fixture).")
+        if not ev.anomalous:
+            return (f"No: I see no defect here, and no anomaly repeated on it and the other {others} image"
+                    f"{'s' if others != 1 else ''} scored with it.")
+        return (f"No: none of the other {others} image{'s' if others != 1 else ''} scored with it shares this "
+                f"anomaly; it looks like a one-off.")
 
     def describe(self, q: Question, ev: Evidence) -> str:
         if not ev.anomalous:

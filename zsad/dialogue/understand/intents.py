@@ -20,6 +20,7 @@ class Intent(str, Enum):
     CONFIDENCE = "confidence"  # how sure?
     DESCRIBE = "describe"  # describe it
     WHY = "why"  # why? how do you know?
+    REPEAT = "repeat"  # does this defect appear on other parts of the batch?
 
 
 INTENT_PHRASES: dict[Intent, tuple[str, ...]] = {
@@ -58,6 +59,11 @@ INTENT_PHRASES: dict[Intent, tuple[str, ...]] = {
         "how did you conclude", "how did you come to", "what makes you", "what made you", "on what basis",
         "based on what", "evidence", "reasoning", "reason", "justify", "justification", "explain your",
         "how come", "what tells you", "what shows",
+    ),
+    Intent.REPEAT: (
+        "other parts", "other part", "other images", "other pieces", "other samples", "other items",
+        "other products", "other units", "rest of the batch", "whole batch", "same defect", "same anomaly",
+        "same flaw", "same fault", "repeated", "repeating", "repeats", "recurring", "recur", "systematic",
     ),
 }
 

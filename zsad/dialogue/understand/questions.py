@@ -12,7 +12,8 @@ places (:mod:`~zsad.dialogue.understand.places`); words that say "defective" or 
   still asks whether there is one ("is the damage visible?").
 * **Type choice.** Two types joined by "or" in a question without "any" / "there" / "some" ask which one it is
   ("is it a scratch or a crack?"); "any scratches or cracks?" asks whether there is either.
-* **"Why"** wins over "describe" ("explain why"). A size word closing the question asks how big ("is the
+* **"Why"** wins over "describe" ("explain why"). A question about the other parts ("does this defect appear on
+  other parts?") asks whether it repeats, not whether there is one. A size word closing the question asks how big ("is the
   damage big?"), not before a noun ("is there a large crack?").
 * **Back-references.** "it", a place-meaning "there" ("is there a defect there?", not "is there a defect?") and
   "that one" refer to the last region talked about; :func:`~zsad.dialogue.answer.focus.in_context` resolves them.
@@ -129,6 +130,8 @@ class QuestionReader:
         signals += [Signal(start, end, defect=True, weak=True) for start, end, _ in places]
         signals.sort(key=lambda s: s.start)
         asks_yes_no = not (tokens and tokens[0] in WH_WORDS and tokens[1:2] != ["about"])
+        if Intent.REPEAT in found:  # "does this defect appear on other parts?" asks about the batch, not presence
+            asks_yes_no = False
         if asks_yes_no and signals:
             first = signals[0].start
             if all(position > first for position in found.values()):

@@ -31,6 +31,7 @@ from zsad.device import autocast
 from zsad.errors import UsageError
 from zsad.methods.base import Method, Share
 from zsad.methods.musc.msm import musc_patch_scores
+from zsad.methods.musc.repeats import MutualScores, check_mode, repeat_aware_scores
 from zsad.methods.musc.rscin import rscin
 from zsad.scoring.maps import grid_to_image, to_original_size
 from zsad.types import RawOutput
@@ -56,6 +57,10 @@ class MuscConfig:
     # storage of the LNAMD features during MSM: "fp16" halves their memory and, on CUDA, screens the pair products
     # on tensor cores with exact fp32 re-scoring of the winners (about 1e-3 from fp32: the storage rounding)
     msm_precision: str = "fp32"
+    # repeated anomalies (zsad.methods.musc.repeats): "exclude" finds them, reports them on the rows and scores their
+    # images without letting them vouch for each other; "report" finds and reports, keeping exact MuSc's scores;
+    # "off" is exact MuSc with nothing looked for
+    repeats: str = "exclude"
     progress: bool = False
 
 
@@ -100,6 +105,7 @@ class MuscMethod(Method):
         self.config = config or MuscConfig()
         if self.config.msm_precision not in ("fp32", "fp16"):
             raise UsageError(f"msm_precision must be fp32 or fp16, got {self.config.msm_precision!r}")
+        check_mode(self.config.repeats)
         self.layers = list(self.config.layers) if self.config.layers else backbone.default_layers(4)
         storage = self.config.storage
         if storage == "auto":
@@ -122,54 +128,92 @@ class MuscMethod(Method):
 
     combine = staticmethod(concat_features)
 
-    def patch_scores(self, feats: MuscFeatures, share: Share | None = None) -> torch.Tensor:
-        """``[N, L]`` mean MSM distances (higher = more anomalous), computed on the backbone's device; with a
-        ``share``, the rows of this rank's images of a group spread over ranks (always exact)."""
-        n = share.total if share is not None else feats.pooled.shape[0]
+    def _reference_size(self, n: int, share: Share | None) -> int | None:
         reference_size = self.config.reference_size
         if reference_size is None and n > self.config.max_exact_images and share is None:
             reference_size = 500
             log.warning("MuSc: %d images > %d, scoring each against 500 sampled references (set reference_size or "
                         "max_exact_images to change)", n, self.config.max_exact_images)
-        return musc_patch_scores(feats.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
-                                 block=self.config.block, reference_size=reference_size, device=self.device,
-                                 progress=self.config.progress, seed=self.config.seed,
-                                 z_dtype=torch.float16 if self.config.msm_precision == "fp16" else torch.float32,
-                                 comm=share.comm if share is not None else None,
-                                 counts=share.counts if share is not None else None)
+        return reference_size
 
-    def image_scores(self, patch_scores: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image score = max of each upsampled map, re-scored by RsCIN (in [0, 1]); also returns the batch's
-        (min, max) map values for normalising the maps."""
+    def patch_scores(self, feats: MuscFeatures, share: Share | None = None) -> torch.Tensor:
+        """``[N, L]`` mean MSM distances (higher = more anomalous), computed on the backbone's device; with a
+        ``share``, the rows of this rank's images of a group spread over ranks (always exact)."""
+        return self.mutual(feats, share).patch
+
+    def mutual(self, feats: MuscFeatures, share: Share | None = None,
+               trusted: torch.Tensor | None = None) -> MutualScores:
+        """:meth:`patch_scores` with repeated anomalies looked for as ``config.repeats`` says
+        (:mod:`zsad.methods.musc.repeats`; ``trusted``: ``[N]`` bool, known-good images of the group). Sampled
+        references (``reference_size``) score exactly as MuSc, with nothing looked for (logged)."""
+        n = share.total if share is not None else feats.pooled.shape[0]
+        reference_size = self._reference_size(n, share)
+        z_dtype = torch.float16 if self.config.msm_precision == "fp16" else torch.float32
+        comm = share.comm if share is not None else None
+        counts = share.counts if share is not None else None
+        if self.config.repeats != "off" and (reference_size is None or reference_size >= n - 1):
+            return repeat_aware_scores(feats.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
+                                       block=self.config.block, device=self.device, progress=self.config.progress,
+                                       z_dtype=z_dtype, comm=comm, counts=counts, trusted=trusted,
+                                       mode=self.config.repeats)
+        if self.config.repeats != "off":
+            log.warning("MuSc: repeated anomalies are not looked for with sampled references (reference_size=%s)",
+                        reference_size)
+        patch = musc_patch_scores(feats.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
+                                  block=self.config.block, reference_size=reference_size, device=self.device,
+                                  progress=self.config.progress, seed=self.config.seed, z_dtype=z_dtype, comm=comm,
+                                  counts=counts)
+        return MutualScores(patch, patch)
+
+    def _maxima(self, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each upsampled map's maximum and minimum."""
         maxima, minima = [], []
         for row in patch_scores:
             up = grid_to_image(row[None], self.backbone.image_size, align_corners=True)
             maxima.append(up.max())
             minima.append(up.min())
-        raw = torch.stack(maxima)
-        return rscin(raw, pooled, ks=self.config.rscin_ks), torch.stack([torch.stack(minima).min(), raw.max()])
+        return torch.stack(maxima), torch.stack(minima)
+
+    def image_scores(self, patch_scores: torch.Tensor, pooled: torch.Tensor,
+                     mutual: MutualScores | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image score = max of each upsampled map, re-scored by RsCIN (in [0, 1]); also returns the batch's
+        (min, max) map values for normalising the maps. With repeated patterns found (``mutual``), RsCIN smooths a
+        pattern's images among themselves and every other image as without repeat scoring
+        (:func:`~zsad.methods.musc.rscin.rscin`'s ``partition``)."""
+        raw, minima = self._maxima(patch_scores)
+        findings = mutual.findings if mutual is not None else None
+        if findings is None or not findings.patterns or mutual.plain is patch_scores:
+            scores = rscin(raw, pooled, ks=self.config.rscin_ks)
+        else:
+            plain, _ = self._maxima(mutual.plain)
+            scores = rscin(raw, pooled, ks=self.config.rscin_ks, partition=findings.partition(), plain=plain)
+        return scores, torch.stack([minima.min(), raw.max()])
 
     def raw_joint(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         """Score the whole batch jointly, then yield one output at a time (full-size maps are not all kept)."""
-        patch = self.patch_scores(features)
-        yield from self.outputs(patch, features.pooled, sizes)
+        yield from self.outputs(self.mutual(features), features.pooled, sizes)
 
-    def outputs(self, patch: torch.Tensor, pooled: torch.Tensor, sizes: Sequence[tuple[int, int]],
+    def outputs(self, mutual: MutualScores, pooled: torch.Tensor, sizes: Sequence[tuple[int, int]],
                 first: int = 0) -> Iterator[RawOutput]:
-        """Raw outputs of images ``first .. first + len(sizes)`` of a group whose ``[N, L]`` patch scores and
-        ``[N, D]`` embeddings are given (RsCIN and the map normalisation see the whole group)."""
-        scores, (lo, hi) = self.image_scores(patch, pooled)
+        """Raw outputs of images ``first .. first + len(sizes)`` of a group whose ``[N, L]`` patch scores (with
+        what repeat detection found) and ``[N, D]`` embeddings are given (RsCIN and the map normalisation see the
+        whole group)."""
+        patch = mutual.patch
+        scores, (lo, hi) = self.image_scores(patch, pooled, mutual)
         span = float(hi - lo) or 1.0
         for i, size in enumerate(sizes, start=first):
             up = grid_to_image(patch[i][None], self.backbone.image_size, align_corners=True)
             amap = to_original_size((up - lo) / span, [size])[0]
-            yield RawOutput(image_score=float(scores[i]), anomaly_map=amap, method=self.name,
-                            extras={"map_max_raw": float(up.max()), "activation": self.backbone.activation})
+            extras = {"map_max_raw": float(up.max()), "activation": self.backbone.activation}
+            if mutual.findings is not None:
+                extras.update(mutual.findings.extras(i))
+            yield RawOutput(image_score=float(scores[i]), anomaly_map=amap, method=self.name, extras=extras)
 
-    def gathered_patch_scores(self, features: MuscFeatures | None, share: Share) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[N, L]`` patch scores and ``[N, D]`` embeddings of the whole group, on every rank: MSM rows computed
-        where the images are (:func:`mutual_scores_across`), then gathered (N*L + N*D floats: small). A rank whose
-        images all failed still takes part, with features of no image shaped like the others'."""
+    def gathered_patch_scores(self, features: MuscFeatures | None, share: Share) -> tuple[MutualScores, torch.Tensor]:
+        """Patch scores (``[N, L]``, with what repeat detection found) and ``[N, D]`` embeddings of the whole group,
+        on every rank: MSM rows computed where the images are (:func:`mutual_scores_across`), then gathered (N*L +
+        N*D floats: small; the findings are the same on every rank). A rank whose images all failed still takes
+        part, with features of no image shaped like the others'."""
         comm = share.comm
         shapes = comm.all_gather_object(
             None if features is None else ([tuple(t.shape[1:]) for t in features.layers], features.pooled.shape[1]),
@@ -178,11 +222,13 @@ class MuscMethod(Method):
             layers, width = next(s for s in shapes if s is not None)
             features = MuscFeatures(layers=[torch.empty((0, *shape), dtype=self.storage_dtype) for shape in layers],
                                     pooled=torch.empty((0, width)))
-        rows = self.patch_scores(features, share)
-        return (torch.cat(comm.all_gather_tensors(rows.float())),
+        mine = self.mutual(features, share)
+        patch = torch.cat(comm.all_gather_tensors(mine.patch.float()))
+        plain = patch if mine.plain is mine.patch else torch.cat(comm.all_gather_tensors(mine.plain.float()))
+        return (MutualScores(patch, plain, mine.findings),
                 torch.cat(comm.all_gather_tensors(features.pooled.float())))
 
     def raw_across(self, features: MuscFeatures | None, sizes: Sequence[tuple[int, int]],
                    share: Share) -> Iterator[RawOutput]:
-        patch, pooled = self.gathered_patch_scores(features, share)
-        yield from self.outputs(patch, pooled, sizes, share.offset)
+        mutual, pooled = self.gathered_patch_scores(features, share)
+        yield from self.outputs(mutual, pooled, sizes, share.offset)

@@ -278,16 +278,19 @@ def _fill_pairs(table: Tensor, loader: _Loader, block: int, bar, offset: int = 0
             bar.update()
 
 
-def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, bar) -> Tensor:
-    """All pairs. Table ``[N, L, N]`` of max cosines on the compute device, -inf on the diagonal."""
+def _exact_table_scores(Z: Tensor, k: int, block: int, loader: _Loader, bar, observe=None) -> Tensor:
+    """All pairs. Table ``[N, L, N]`` of max cosines on the compute device, -inf on the diagonal; ``observe(table)``
+    sees it before it is reduced (repeat detection, :mod:`.burnout`)."""
     n, length, _ = Z.shape
     table = torch.full((n, length, n), -math.inf, device=loader.device, dtype=torch.float32)
     _fill_pairs(table, loader, block, bar)
+    if observe is not None:
+        observe(table)
     return _lower_mean_distance(table, k)
 
 
 def mutual_scores_across(Z: Tensor, comm, counts: Sequence[int], top_fraction: float = 0.3, *, block: int = 8,
-                         device: torch.device | str | None = None, bar=None) -> Tensor:
+                         device: torch.device | str | None = None, bar=None, observe=None) -> Tensor:
     """Exact MSM of a group whose images are spread over ranks; equals :func:`mutual_scores` on the whole group.
 
     ``Z`` is this rank's ``[n, L, C]`` share (rank r holds ``counts[r]`` consecutive images of the group, in rank
@@ -296,7 +299,8 @@ def mutual_scores_across(Z: Tensor, comm, counts: Sequence[int], top_fraction: f
     are multiplied with this rank's images only. Memory per rank: its share of Z, one received block and a
     ``[n, L, N]`` fp32 table (4*n*L*N bytes: the single-process table divided by the number of ranks). Sent per
     rank: its share once to every other rank (2*n*L*C bytes in fp16, 4*n*L*C in fp32, per (r, layer) pass).
-    Pair products per rank: n^2/2 + n*(N - n), against N^2/2 in one process.
+    Pair products per rank: n^2/2 + n*(N - n), against N^2/2 in one process. ``observe(table)`` as in
+    :func:`mutual_scores` (every rank calls it, in step: it may gather).
 
     Returns:
         ``[n, L]`` fp32 scores of this rank's images, on ``Z.device``.
@@ -327,6 +331,8 @@ def mutual_scores_across(Z: Tensor, comm, counts: Sequence[int], top_fraction: f
                     table[qs : qs + block, :, start + s : start + e] = row
                 bar.update()
         start += count
+    if observe is not None:
+        observe(table)
     k = _num_kept(total - 1, top_fraction)
     return _lower_mean_distance(table, k).to(Z.device)
 
@@ -368,6 +374,7 @@ def mutual_scores(
     device: torch.device | str | None = None,
     low_precision: bool | None = None,
     bar=None,
+    observe=None,
 ) -> Tensor:
     """Mutual Scoring Mechanism (paper Eq. 4-6; official ``_MSM.py``), exact and block-tiled.
 
@@ -410,6 +417,7 @@ def mutual_scores(
         device: where the GEMMs run; blocks of Z are moved there as needed. Default ``Z.device``.
         low_precision: see above.
         bar: an open tqdm bar to advance instead (one bar over many passes; ``progress`` is then ignored).
+        observe: called with the exact ``[N, L, N]`` max-cosine table before it is reduced (exact path only).
 
     Returns:
         ``[N, L]`` fp32 on ``Z.device``; never NaN for finite unit-norm Z.
@@ -423,6 +431,9 @@ def mutual_scores(
     loader = _Loader(Z, dev, _choose_screening(Z, dev, low_precision))
     if reference_size is not None and reference_size < 1:
         raise UsageError(f"reference_size must be a positive integer, got {reference_size!r}")
+    if observe is not None and reference_size is not None and reference_size < n - 1:
+        raise UsageError("repeat detection needs exact mutual scoring (every image against all others): "
+                         "reference_size must be unset")
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=_msm_steps(n, block, reference_size), desc="MSM", disable=not progress, leave=False)
@@ -430,7 +441,7 @@ def mutual_scores(
         if reference_size is None or reference_size >= n - 1:
             k = _num_kept(n - 1, top_fraction)
             logger.debug("MSM exact: N=%d L=%d k=%d block=%d device=%s", n, Z.shape[1], k, block, dev)
-            scores = _exact_table_scores(Z, k, block, loader, bar)
+            scores = _exact_table_scores(Z, k, block, loader, bar, observe)
         else:
             k = _num_kept(reference_size, top_fraction)
             logger.debug("MSM sampled: N=%d R=%d k=%d block=%d device=%s", n, reference_size, k, block, dev)
@@ -494,6 +505,7 @@ def musc_patch_scores(
     z_dtype: torch.dtype = torch.float32,
     comm=None,
     counts: Sequence[int] | None = None,
+    observe=None,
 ) -> Tensor:
     """MuSc patch anomaly scores: mean of the len(rs)*len(layers) MSM maps (official ``musc.py``, r outer, layer
     inner, equal weights).
@@ -512,6 +524,8 @@ def musc_patch_scores(
         comm, counts: a group spread over ranks (:class:`zsad.distributed.Dist` and each rank's image count);
             ``layer_tokens`` are then this rank's share and the result its rows (:func:`mutual_scores_across`,
             always exact: ``reference_size`` is not used).
+        observe: called with each pass's max-cosine table (this rank's rows) before it is reduced, in pass order
+            (:mod:`.repeats`).
 
     Returns:
         ``[N, L]`` fp32 on the tokens' device (accumulated in float64 like the official code).
@@ -542,7 +556,7 @@ def musc_patch_scores(
                 logger.debug("MSM for r=%d layer=%d", r, li)
                 if across:
                     total += mutual_scores_across(z, comm, counts, top_fraction, block=block, device=dev,
-                                                  bar=bar).to(home, torch.float64)
+                                                  bar=bar, observe=observe).to(home, torch.float64)
                     del z
                     continue
                 total += mutual_scores(
@@ -553,6 +567,7 @@ def musc_patch_scores(
                     seed=seed,
                     device=dev,
                     bar=bar,
+                    observe=observe,
                 ).to(home, torch.float64)
                 del z
     return (total / (len(rs) * len(layers))).to(torch.float32)

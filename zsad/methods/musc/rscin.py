@@ -21,7 +21,8 @@ from zsad.errors import BatchTooSmallError, UsageError
 
 
 @torch.no_grad()
-def rscin(scores: Tensor, image_embeddings: Tensor, ks: Sequence[int] = (1, 2, 3), *, normalize: bool = True) -> Tensor:
+def rscin(scores: Tensor, image_embeddings: Tensor, ks: Sequence[int] = (1, 2, 3), *, normalize: bool = True,
+          partition: Tensor | None = None, plain: Tensor | None = None) -> Tensor:
     """Re-scoring with Constrained Image-level Neighbourhood (paper Eq. 8-9; official ``_RsCIN.py`` ``MMO``).
 
     s_hat = min-max normalised scores; W = F F^T; for each k, W_k keeps each row's k largest entries (self
@@ -40,6 +41,11 @@ def rscin(scores: Tensor, image_embeddings: Tensor, ks: Sequence[int] = (1, 2, 3
         ks: window sizes (MVTec/BTAD (1, 2, 3), VisA (1, 8, 9)).
         normalize: L2-normalise the embeddings first. ``musc.py`` normalises CLIP embeddings before RsCIN and uses
             DINO's class tokens raw; pass False to reproduce the latter.
+        partition, plain: zsad's addition for repeated anomalies (:mod:`.repeats`): ``[N]`` labels (0: no repeated
+            pattern) and ``[N]`` the scores before the pattern members were re-scored. An image of label 0 is
+            smoothed exactly as without repeat scoring (members enter its window with their ``plain`` scores), so
+            the other images keep their order; a member's window holds only members of its pattern. Min-max
+            normalisation spans the whole batch (``scores`` and ``plain``). None: the official RsCIN.
 
     Returns:
         ``[N]`` in ``scores``' float dtype (fp32 for integer input), on ``scores.device``; computed in float64.
@@ -55,12 +61,31 @@ def rscin(scores: Tensor, image_embeddings: Tensor, ks: Sequence[int] = (1, 2, 3
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise UsageError(f"RsCIN window sizes must be positive integers, got {ks!r}")
     s = scores.detach().to(torch.float64)
-    span = s.max() - s.min()
-    s_hat = torch.where(span > 0, (s - s.min()) / torch.where(span > 0, span, 1.0), torch.zeros_like(s))
+    both = s if plain is None else torch.cat([s, plain.detach().to(s)])
+    low, span = both.min(), both.max() - both.min()
+    scale = torch.where(span > 0, span, torch.ones_like(span))
+    s_hat = torch.where(span > 0, (s - low) / scale, torch.zeros_like(s))
     f = image_embeddings.detach().to(device=s.device, dtype=torch.float64)
     if normalize:
         f = F.normalize(f, dim=-1)
     w = f @ f.T
+    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
+    if partition is None:
+        return _windows(s_hat, w, ks, n).to(out_dtype)
+    label = partition.to(s.device)
+    plain_hat = torch.where(span > 0, (plain.detach().to(s) - low) / scale, torch.zeros_like(s)) \
+        if plain is not None else s_hat
+    out = _windows(torch.where(label == 0, s_hat, plain_hat), w, ks, n)  # every image as without repeats
+    for value in label.unique().tolist():
+        if value == 0:
+            continue
+        members = (label == value).nonzero(as_tuple=True)[0]
+        out[members] = _windows(s_hat[members], w[members][:, members], ks, members.numel())
+    return out.to(out_dtype)
+
+
+def _windows(s_hat: Tensor, w: Tensor, ks: Sequence[int], n: int) -> Tensor:
+    """Mean over ``ks`` of the similarity-weighted mean of s_hat over each row's k most similar images."""
     total = torch.zeros_like(s_hat)
     for k in ks:
         vals, idx = w.topk(min(k, n), dim=1)  # [N, k] row's k largest similarities
@@ -68,7 +93,4 @@ def rscin(scores: Tensor, image_embeddings: Tensor, ks: Sequence[int] = (1, 2, 3
         den = vals.sum(dim=1)
         ok = den != 0
         total += torch.where(ok, num / torch.where(ok, den, 1.0), s_hat)
-    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
-    return (total / len(ks)).to(out_dtype)
-
-
+    return total / len(ks)

@@ -44,6 +44,7 @@ from PIL import Image
 from zsad.errors import UsageError
 from zsad.methods.base import INDEPENDENT, JOINT, Method
 from zsad.methods.musc import MIN_IMAGES, MuscConfig, MuscFeatures, MuscMethod, concat_features, lnamd
+from zsad.methods.musc.repeats import RepeatFindings
 from zsad.methods.reference.bank import DEFAULT_TILE_ELEMENTS, Bank, Exclusion, build_bank, nearest_distance
 from zsad.scoring.maps import grid_to_image, to_original_size
 from zsad.types import RawOutput
@@ -64,6 +65,7 @@ class ReferenceConfig:
     tile_elements: int = DEFAULT_TILE_ELEMENTS
     top_fraction: float = 0.3  # joint mode: MuSc's interval average
     msm_precision: str = "fp32"  # joint mode: passed to MuSc
+    repeats: str = "exclude"  # joint mode: passed to MuSc (zsad.methods.musc.repeats; references are trusted normals)
     batch_size: int = 8  # references per forward pass when the bank is built
     seed: int = 0
     progress: bool = False
@@ -111,7 +113,8 @@ class ReferenceMethod(Method):
         self.joint_from = 2 if base.joint_from and self.config.joint else 0
         self.musc = MuscMethod(backbone, dtype=dtype, config=MuscConfig(
             layers=self.config.layers, rs=self.config.rs, top_fraction=self.config.top_fraction,
-            msm_precision=self.config.msm_precision, progress=self.config.progress, storage="fp32"))
+            msm_precision=self.config.msm_precision, repeats=self.config.repeats, progress=self.config.progress,
+            storage="fp32"))
         self.layers = self.musc.layers
         self.references: MuscFeatures | None = None
         self.banks: list[Bank] = []
@@ -200,14 +203,16 @@ class ReferenceMethod(Method):
         return (total / len(self.banks)).reshape(b, length).cpu()
 
     def _calibrated(self, patch: torch.Tensor, d0: float, sizes: Sequence[tuple[int, int]], mode: str,
-                    first: int = 0) -> Iterator[RawOutput]:
+                    first: int = 0, repeats: RepeatFindings | None = None) -> Iterator[RawOutput]:
         for i, size in enumerate(sizes, start=first):
             up = self._upsample(patch[i])
             peak = float(up.max())
             amap = to_original_size((up / (up + d0))[None], [size])[0]
-            yield RawOutput(image_score=peak / (peak + d0), anomaly_map=amap, method=self.name,
-                            extras={"mode": mode, "references": self.num_references, "raw_max": peak,
-                                    "normal_max": d0, "activation": getattr(self.backbone, "activation", None)})
+            extras = {"mode": mode, "references": self.num_references, "raw_max": peak, "normal_max": d0,
+                      "activation": getattr(self.backbone, "activation", None)}
+            if repeats is not None:
+                extras.update(repeats.extras(i))
+            yield RawOutput(image_score=peak / (peak + d0), anomaly_map=amap, method=self.name, extras=extras)
 
     def mode(self, images: int, *, spread: bool = False) -> str | None:
         """Joint (mutual scoring with the references joining) for >= 2 test images that make >= MIN_IMAGES with
@@ -226,7 +231,10 @@ class ReferenceMethod(Method):
     def raw_joint(self, features: MuscFeatures, sizes: Sequence[tuple[int, int]]) -> Iterator[RawOutput]:
         """Joint mode: MuSc over the references and the test images; only the test images become outputs."""
         k = self.num_references
-        patch = self.musc.patch_scores(concat_features([self.references, features]))
+        trusted = torch.arange(k + features.pooled.shape[0]) < k  # the references: never repeats, always references
+        mutual = self.musc.mutual(concat_features([self.references, features]), trusted=trusted)
+        patch = mutual.patch
         d0 = max(float(self._upsample(row).max()) for row in patch[:k])
-        yield from self._calibrated(patch[k:], max(d0, 1e-6), sizes, "joint")
+        repeats = mutual.findings.without_leading(k) if mutual.findings is not None else None
+        yield from self._calibrated(patch[k:], max(d0, 1e-6), sizes, "joint", repeats=repeats)
 
