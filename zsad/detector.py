@@ -114,6 +114,7 @@ def create(
     references: Iterable[ImageLike] | None = None,
     runtime: str = "torch",
     export: str | os.PathLike | None = None,
+    threads: int | None = None,
     **method_options,
 ) -> Detector:
     """Build a detector: THE one place a method is built (the command line, ``evaluate``, ``export``, the demo
@@ -131,7 +132,10 @@ def create(
     the method's own ``reference_scorer`` (``anomalydino``: AnomalyDINO's few-shot scoring).
     ``runtime="onnx"`` (or ``"onnx-int8"``) with ``export=DIR`` (made by ``zsad export``) opens that folder as
     the backbone: the forward runs on ONNX Runtime, needing no PyTorch weights; with ``references`` the folder
-    must be a ``musc`` export (reference scoring uses MuSc's patch tokens).
+    must be a ``musc`` export (reference scoring uses MuSc's patch tokens). ``"openvino"`` / ``"openvino-int8"``
+    run the same folder's graphs on OpenVINO; ``"auto"`` the fastest measured at export whose fidelity passed
+    (``detector.backbone.runtime`` says which). ``threads``: the export engine's intra-op threads (default
+    torch's thread count).
     ``backbone`` / ``image_size`` left out: the scoring class's defaults (:func:`default_model`).
     """
     base = method_class(method)
@@ -166,7 +170,7 @@ def create(
     if exported:
         from zsad.backbones.onnx import open_export
 
-        backbone = open_export(folder, runtime, device=device)
+        backbone = open_export(folder, runtime, device=device, threads=threads)
     bb = backbone_for(scoring, backbone, image_size=image_size, device=device, activation=activation,
                       cache_dir=cache_dir, warn_random=warn_random)
     dtype = torch.float32 if bb.export is not None else resolve_precision(precision, bb.device)
@@ -221,10 +225,10 @@ def backbone_for(method: str | type[Method], backbone: str | Backbone = DEFAULT_
 
 def _check_runtime(runtime: str, export, backbone, precision: str) -> None:
     """Arguments an ONNX runtime cannot take are refused before anything is read."""
-    from zsad.backbones.export_folder import RUNTIMES
+    from zsad.backbones.export_folder import AUTO, RUNTIMES
 
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)})")
+    if runtime not in RUNTIMES and runtime != AUTO:
+        raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)} or {AUTO})")
     if export is None:
         raise UsageError(f"runtime '{runtime}' scores from an export folder: pass export=DIR (--export DIR), made "
                          f"with `zsad export`")

@@ -23,8 +23,16 @@ MODEL_FP32 = "model.onnx"
 MODEL_INT8 = "model.int8.onnx"
 TENSORS = "tensors.safetensors"
 PROMPTS = "prompts.yaml"
-#: runtime name -> (precision, graph file)
-RUNTIMES = {"onnx": ("fp32", MODEL_FP32), "onnx-int8": ("int8", MODEL_INT8)}
+#: runtime name -> (precision, graph file); the openvino ones read the same ONNX graphs (OpenVINO's ONNX frontend)
+RUNTIMES = {"onnx": ("fp32", MODEL_FP32), "onnx-int8": ("int8", MODEL_INT8),
+            "openvino": ("fp32", MODEL_FP32), "openvino-int8": ("int8", MODEL_INT8)}
+#: ``--runtime auto``: the fastest runtime measured at export whose fidelity passed (``Manifest.runtimes``)
+AUTO = "auto"
+
+
+def engine_of(runtime: str) -> str:
+    """The inference engine a runtime name runs on: ``onnxruntime`` or ``openvino``."""
+    return "openvino" if runtime.startswith("openvino") else "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,9 @@ class Manifest:
     graph: str = "tokens"
     fidelity: dict[str, Any] = field(default_factory=dict)
     int8: dict[str, Any] | None = None
+    #: runtime -> {"s_per_image", "threads", "fidelity_ok", ...} measured on the exporting CPU, and "auto": the
+    #: fastest that passed (:mod:`zsad.export.timing`)
+    runtimes: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from zsad.backbones.base import Backbone, TokenOutput
 from zsad.backbones.clip import project_tokens
-from zsad.backbones.export_folder import RUNTIMES, TENSORS, GraphFacts, Manifest, TokenCall
+from zsad.backbones.export_folder import AUTO, RUNTIMES, TENSORS, GraphFacts, Manifest, TokenCall, engine_of
 from zsad.backbones.names import BackboneSpec, parse_backbone_name
 from zsad.errors import UsageError
 
@@ -64,6 +64,7 @@ def make_session(path: str | Path, *, threads: int | None = None, device: str = 
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: the optimiser's notices (unused initialisers) are not the user's
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
@@ -82,6 +83,7 @@ class OnnxBackbone(Backbone):
         self.facts = facts
         self.call = call
         self.precision = precision
+        self.runtime = "onnx"  # which runtime runs the graph (open_export sets it: onnx, openvino-int8, ...)
         self._set_facts(spec, image_size=facts.image_size, patch_size=facts.patch_size, mean=facts.mean,
                         std=facts.std, pos_interpolation=facts.pos_interpolation, activation=facts.activation)
         self.resize_filter = Image.BILINEAR if facts.resize == "bilinear" else Image.BICUBIC  # as the exported one
@@ -204,25 +206,95 @@ def resolve_runtime_device(device: str | torch.device) -> str:
 
 def open_export(folder: str | Path, runtime: str = "onnx", *, device: str | torch.device = "cpu",
                 threads: int | None = None, model: Path | None = None) -> OnnxBackbone:
-    """The backbone of an export folder (made by ``zsad export``) on ONNX Runtime; ``runtime`` picks the fp32
-    (``onnx``) or int8 (``onnx-int8``) graph, ``model`` overrides the graph file (e.g. an int8 trial)."""
+    """The backbone of an export folder (made by ``zsad export``); ``runtime`` picks the engine and graph: ONNX
+    Runtime fp32 (``onnx``) or int8 (``onnx-int8``), OpenVINO on the same graphs (``openvino``,
+    ``openvino-int8``), or ``auto`` (the fastest measured at export whose fidelity passed, see
+    :func:`resolve_auto`); ``model`` overrides the graph file (e.g. an int8 trial). ``backbone.runtime`` says
+    which ran."""
     from safetensors.torch import load_file
 
     from zsad.backbones.export_folder import read_manifest
 
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)})")
+    if runtime not in RUNTIMES and runtime != AUTO:
+        raise UsageError(f"unknown runtime '{runtime}' (use torch, {', '.join(RUNTIMES)} or {AUTO})")
     path, manifest = read_manifest(folder)
+    if runtime == AUTO:
+        runtime = resolve_auto(manifest, str(path))
     precision, name = RUNTIMES[runtime]
     graph = model or path / name
     if not graph.is_file():
-        hint = " (export again with --int8)" if runtime == "onnx-int8" else ""
+        hint = f" (export again with --int8{' static' if runtime == 'openvino-int8' else ''})" \
+            if precision == "int8" else " (export again)"
         raise UsageError(f"export {path} has no {name}{hint}")
-    tensors = load_file(str(path / TENSORS))
+    if runtime == "openvino-int8" and model is None and (manifest.int8 or {}).get("mode", "dynamic") != "static":
+        raise UsageError(f"export {path}: openvino-int8 runs the static int8 graph, this export's is dynamic "
+                         f"(ONNX Runtime only); export again with --int8 static, or use --runtime onnx-int8")
+    tensors = _read_tensors(path / TENSORS, load_file)
     head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     text = (manifest.sentences, tensors["text.embeddings"]) if "text.embeddings" in tensors else None
-    session = make_session(graph, threads=threads or torch.get_num_threads(), device=resolve_runtime_device(device))
+    session = _session(runtime, graph, threads or torch.get_num_threads(), device)
     backbone = OnnxBackbone(session, parse_backbone_name(manifest.backbone), manifest.facts, manifest.call, head,
                             text, precision=precision)
     backbone.export = ExportFolder(path, manifest, tensors)
+    backbone.runtime = runtime
     return backbone
+
+
+def _read_tensors(path: Path, load_file) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: the export folder is incomplete; export again")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
+        raise UsageError(f"{path} cannot be read ({_first_line(exc)}): the file is damaged; export again") from None
+
+
+def _session(runtime: str, graph: Path, threads: int, device):
+    """The engine's session for ``graph``; a file the engine cannot read is one UsageError naming it."""
+    if engine_of(runtime) == "openvino":
+        from zsad.backbones.openvino import make_openvino_session, require_openvino
+
+        require_openvino()  # a missing package is its own message, not a damaged file
+        name = str(device)
+        make, where = make_openvino_session, ("cpu" if name == "auto" else name)
+    else:
+        make, where = make_session, resolve_runtime_device(device)
+    try:
+        return make(graph, threads=threads, device=where)
+    except UsageError:
+        raise
+    except Exception as exc:  # the engines raise their own types (protobuf parse, Fail, RuntimeError)
+        raise UsageError(f"{graph} cannot be loaded by {engine_of(runtime)} ({_first_line(exc)}): the file is "
+                         f"damaged or not an ONNX graph; export again") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    plain = [line for line in lines if not line.startswith(("Exception from", "Check '", "FrontEnd API failed"))]
+    text = (plain or lines or [type(exc).__name__])[-1 if plain else 0]  # OpenVINO's reason is its last line
+    return text[:200]
+
+
+def runtime_available(runtime: str) -> bool:
+    """Whether this machine has the engine ``runtime`` runs on (its package imports)."""
+    try:
+        __import__(engine_of(runtime))
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_auto(manifest: Manifest, where: str) -> str:
+    """``auto``: the runtime recorded as fastest at export among those whose fidelity passed and whose engine is
+    installed here (never one whose results were not measured against PyTorch); an export without measurements
+    runs ``onnx`` (fp32, which reproduces PyTorch)."""
+    measured = {k: v for k, v in manifest.runtimes.items() if isinstance(v, dict) and k in RUNTIMES}
+    ranked = sorted((v["s_per_image"], k) for k, v in measured.items()
+                    if v.get("fidelity_ok") and v.get("s_per_image") is not None)
+    for _, runtime in ranked:
+        if runtime_available(runtime):
+            return runtime
+    if not ranked:
+        return "onnx"
+    raise UsageError(f"export {where}: none of the runtimes measured at export ({', '.join(k for _, k in ranked)}) "
+                     f"is installed here; pip install \"zsad[onnx]\" or \"zsad[openvino]\"")

@@ -1,9 +1,11 @@
 """``zsad export``: a method's backbone forward as an ONNX graph in a folder a CPU-only station scores from.
 
 The folder, written whole (:func:`zsad.fileio.atomic_dir`, so a failed or killed export leaves the old one):
-``model.onnx`` (fp32 token extraction as the method calls it), ``model.int8.onnx`` (with ``int8``),
+``model.onnx`` (fp32 token extraction as the method calls it), ``model.int8.onnx`` (with ``int8``: dynamic, or
+static QDQ after SmoothQuant scaling, see :mod:`.quantize`),
 ``tensors.safetensors`` (``ln_post`` / ``proj``, the text embeddings), ``prompts.yaml`` (a user prompt bank, when
-one was given) and ``export.json`` (:class:`~zsad.backbones.export_folder.Manifest`, with the fidelity measured here).
+one was given) and ``export.json`` (:class:`~zsad.backbones.export_folder.Manifest`, with the fidelity measured here, on ONNX
+Runtime and, where installed, OpenVINO, and each runtime's speed on this CPU for ``--runtime auto``).
 
 Text embeddings are computed once here and stored, not the text tower exported: a station inspects known
 products, the sentences are fixed by the class names and prompt bank, and the stored table keeps the tokenizer,
@@ -34,14 +36,17 @@ from zsad.backbones.export_folder import (
     TokenCall,
     folder_sha256,
 )
-from zsad.backbones.onnx import open_export, require_onnxruntime
+from zsad.backbones.onnx import open_export, require_onnxruntime, runtime_available
 from zsad.errors import UsageError
-from zsad.export import fidelity, quantize
+from zsad.export import fidelity, quantize, timing
 from zsad.export.graph import DEFAULT_OPSET, export_module, export_tokens, weights_sha256
 from zsad.export.record import TextRecorder, record_token_call
 from zsad.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
+
+INT8_MODES = ("dynamic", "static")
+MAX_CALIBRATION = 64  # calibration images used at most (MinMax ranges settle after a few dozen)
 
 
 @dataclass
@@ -53,6 +58,14 @@ class ExportRequest:
     class_names: Sequence[str] = ()
     activation: str = "auto"
     int8: bool = False
+    #: "dynamic" (ONNX Runtime only) or "static" (calibrated QDQ with SmoothQuant scaling; ONNX Runtime and OpenVINO)
+    int8_mode: str = "dynamic"
+    #: static int8: a folder of images to calibrate on (default: the fidelity check's synthetic images)
+    calibration: Path | None = None
+    smooth_alpha: float = 0.5
+    #: time each runtime installed here on the check images, recorded for ``--runtime auto``
+    measure_runtimes: bool = True
+    threads: int | None = None
     force: bool = False
     opset: int = DEFAULT_OPSET
     check_images: int = fidelity.DEFAULT_CHECK_IMAGES
@@ -70,6 +83,10 @@ def export(request: ExportRequest) -> Manifest:
     from zsad.methods import list_methods, method_class
 
     ort = require_onnxruntime()
+    if request.int8_mode not in INT8_MODES:
+        raise UsageError(f"unknown int8 mode '{request.int8_mode}' (use {' or '.join(INT8_MODES)})")
+    calibration = _calibration_images(request.calibration) if request.int8 and request.int8_mode == "static" \
+        else None
     cls = method_class(request.method)
     if not cls.exportable:
         raise UsageError(f"method '{request.method}' cannot be exported (exportable: "
@@ -121,7 +138,8 @@ def export(request: ExportRequest) -> Manifest:
         image_size=request.image_size, facts=facts, call=call, opset=request.opset, zsad_version=zsad.__version__,
         precisions=["fp32"], options=options, class_names=names if sentences else [], sentences=sentences,
         adapter=adapter, graph="method" if whole else "tokens",
-        versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__})
+        versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                  **({"openvino": _openvino_version()} if runtime_available("openvino") else {})})
     with atomic_dir(request.out, keep_others=False) as folder:
         if whole:
             export_module(method, list(cls.graph_outputs), backbone.image_size, folder / MODEL_FP32, opset=request.opset)
@@ -136,11 +154,22 @@ def export(request: ExportRequest) -> Manifest:
             raise UsageError(f"the fp32 ONNX graph does not reproduce PyTorch (maps differ by "
                              f"{fp32['map_max_abs_diff']:.2e}, scores by {fp32['score_max_abs_diff']:.2e}; "
                              f"tolerances {fidelity.FP32_MAP_TOL:g} / {fidelity.FP32_SCORE_TOL:g}); nothing written")
+        if runtime_available("openvino"):  # the same graph on OpenVINO, held to the same fp32 tolerances
+            manifest.fidelity["openvino"] = fidelity.fp32_agreement(
+                reference, _scored(folder, manifest, "openvino", None, checks))
         if request.int8:
-            manifest.int8 = _int8(folder, manifest, reference, checks, request.force)
+            manifest.int8 = _int8(folder, manifest, reference, checks, request, calibration, backbone)
             manifest.precisions.append("int8")
+        if request.measure_runtimes:
+            manifest.runtimes = timing.measure(folder, manifest, checks.images[0], threads=request.threads)
         (folder / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
+
+
+def _openvino_version() -> str:
+    import openvino
+
+    return openvino.__version__
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -160,23 +189,65 @@ def _scored(folder: Path, manifest: Manifest, runtime: str, model: Path | None, 
     return fidelity.raw_outputs(detector.method, checks.images)
 
 
-def _int8(folder: Path, manifest: Manifest, reference, checks: fidelity.CheckSet, force: bool) -> dict[str, Any]:
+def _calibration_images(folder: Path | None) -> list[Image.Image] | None:
+    """The user's calibration images (``--calibration DIR``), checked before anything is traced."""
+    if folder is None:
+        return None
+    from zsad.data.images import discover_images, load_image
+
+    if not Path(folder).is_dir():
+        raise UsageError(f"--calibration {folder}: not a folder of images")
+    found = discover_images([folder])
+    if not found:
+        raise UsageError(f"--calibration {folder}: no images found")
+    images = []
+    for item in found[:MAX_CALIBRATION]:
+        try:
+            images.append(load_image(item.path))
+        except UsageError as exc:
+            raise UsageError(f"--calibration: {exc}") from None
+    if len(found) > MAX_CALIBRATION:
+        log.info("calibrating on the first %d of %d images", MAX_CALIBRATION, len(found))
+    return images
+
+
+def _int8(folder: Path, manifest: Manifest, reference, checks: fidelity.CheckSet, request: ExportRequest,
+          calibration: list[Image.Image] | None, backbone) -> dict[str, Any]:
     """Quantise with the exclusion search; refuse below the floor unless ``force``."""
+    static = request.int8_mode == "static"
+    details: dict[str, Any] = {"mode": request.int8_mode}
     with tempfile.TemporaryDirectory(prefix="zsad-int8-") as scratch:
         def measure(path: Path) -> fidelity.Int8Agreement:
             return fidelity.int8_agreement(reference, _scored(folder, manifest, "onnx-int8", path, checks),
                                            checks.masks)
 
         trial = Path(scratch) / MODEL_INT8
-        result = quantize.search(folder / MODEL_FP32, trial, measure)
+        if static:
+            images = calibration if calibration is not None else checks.images
+            feeds = [{"images": backbone.preprocess([image]).numpy()} for image in images]
+            model, smoothed = quantize.smoothed(quantize.prepare(folder / MODEL_FP32), feeds, request.smooth_alpha)
+            result = quantize.search(folder / MODEL_FP32, trial, measure, model=model,
+                                     quantizer=quantize.StaticQuantizer(feeds, Path(scratch)))
+            details.update(calibration={"images": len(images), "source": str(request.calibration) if
+                                        request.calibration is not None else "fidelity check images (synthetic)",
+                                        "method": "minmax"},
+                           smoothquant={"alpha": request.smooth_alpha, "matmuls": smoothed},
+                           quantization="onnxruntime static QDQ, int8 weights per output channel, uint8 "
+                                        "activations per tensor (MinMax), MatMul only, SmoothQuant scaling first")
+        else:
+            result = quantize.search(folder / MODEL_FP32, trial, measure)
+            details["quantization"] = "onnxruntime dynamic, int8 weights (per tensor), MatMul only"
         shutil.move(str(trial), folder / MODEL_INT8)
+    if static and runtime_available("openvino"):  # the same QDQ graph as OpenVINO runs it
+        details["openvino"] = fidelity.int8_agreement(
+            reference, _scored(folder, manifest, "openvino-int8", folder / MODEL_INT8, checks), checks.masks).to_dict()
     figures = result.agreement.to_dict()
     below = not result.agreement.meets(fidelity.INT8_FLOOR)
-    if below and not force:
+    if below and not request.force:
         raise UsageError(f"int8 maps fall below the floor (Pearson r min {figures['pearson_min']:.4f}, pixel-AUROC "
                          f"change {figures['auroc_delta']:.4f}; floor r >= {fidelity.INT8_FLOOR['pearson_min']}, "
                          f"change <= {fidelity.INT8_FLOOR['auroc_delta']}) even with "
                          f"{result.excluded_roles or 'no'} layers kept fp32; nothing written (--force writes it)")
     return {"agreement": figures, "floor": fidelity.INT8_FLOOR, "goal": fidelity.INT8_GOAL, "forced": below,
             "excluded_roles": result.excluded_roles, "excluded_nodes": result.excluded_nodes,
-            "search": result.trials, "quantization": "onnxruntime dynamic, int8 weights (per tensor), MatMul only"}
+            "search": result.trials, **details}

@@ -1,5 +1,11 @@
-"""int8 variant of an export: ONNX Runtime dynamic quantisation (int8 weights, activations quantised per call)
-of the weight MatMuls, leaving out the kinds of layers whose quantisation hurts the maps, found by measurement.
+"""int8 variant of an export, in one of two modes, leaving out the kinds of layers whose quantisation hurts the
+maps, found by measurement:
+
+- ``dynamic`` (``zsad export --int8``, the default): ONNX Runtime dynamic quantisation, int8 weights (per
+  tensor) and activations quantised per call (MatMulInteger); runs on ONNX Runtime only.
+- ``static`` (``--int8 static``): SmoothQuant per-channel scaling (:mod:`.smooth`) from calibration images, then
+  ONNX Runtime's static QDQ quantisation: int8 weights per output channel, activation scales fixed from the
+  same calibration images (MinMax). A QDQ graph runs as int8 on ONNX Runtime and on OpenVINO alike.
 
 The search works on layer roles (patch embedding, attention qkv / output, MLP in / out, the V-V path's value and
 output projections, the final projection): quantise all; if the maps do not reach the goal, measure each role
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,17 +115,68 @@ def prepare(fp32_path: Path):
 
 
 def quantize(model, out: Path, exclude: list[str]) -> None:
+    """Dynamic int8 of the weight MatMuls not in ``exclude``."""
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    hint = _DropHint()
-    root.addFilter(hint)  # the quantiser's generic "consider pre-processing" advice: done here (weights folded)
-    try:
+    with _quiet_quantiser():
         quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                          nodes_to_exclude=list(exclude), extra_options={"MatMulConstBOnly": True})
-    finally:
-        root.removeFilter(hint)
+
+
+class StaticQuantizer:
+    """Static QDQ int8 of a smoothed graph: calibrates once (ranges cached in ``scratch``), then each call
+    quantises with other layers left out. ``feeds``: the calibration inputs (``{"images": [1, 3, S, S]}``)."""
+
+    def __init__(self, feeds: list[dict], scratch: Path) -> None:
+        self.feeds = feeds
+        self.cache = Path(scratch) / "calibration.json"
+
+    def __call__(self, model, out: Path, exclude: list[str]) -> None:
+        require_onnxruntime()
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        feeds = self.feeds
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._items = iter(feeds)
+
+            def get_next(self):
+                return next(self._items, None)
+
+        import onnx
+
+        fresh = onnx.ModelProto()
+        fresh.CopyFrom(model)  # quantize_static moves the tensors of the model it gets to external files it deletes
+        with _quiet_quantiser():
+            quantize_static(fresh, out, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude), calibration_cache_path=self.cache,
+                            extra_options={"MatMulConstBOnly": True})
+
+
+def smoothed(model, feeds: list[dict], alpha: float) -> tuple[object, int]:
+    """A copy of the prepared graph with SmoothQuant scaling on every weight MatMul (:mod:`.smooth`)."""
+    import onnx
+
+    from zsad.export.smooth import activation_maxima, smooth
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    count = smooth(copy, activation_maxima(copy, list(weight_roles(copy)), feeds), alpha)
+    return copy, count
+
+
+class _quiet_quantiser:
+    """The quantiser's generic "consider pre-processing" advice is dropped (done here: weights folded)."""
+
+    def __enter__(self) -> None:
+        self._hint = _DropHint()
+        logging.getLogger().addFilter(self._hint)
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeFilter(self._hint)
 
 
 class _DropHint(logging.Filter):
@@ -135,18 +193,25 @@ class Int8Result:
 
 
 def search(fp32_path: Path, out: Path, measure: Callable[[Path], Int8Agreement],
-           goal: dict[str, float] = INT8_GOAL) -> Int8Result:
+           goal: dict[str, float] = INT8_GOAL, *, model=None,
+           quantizer: Callable[[object, Path, list[str]], None] = quantize) -> Int8Result:
     """Write the int8 graph to ``out``, leaving fp32 the roles whose quantisation hurts the maps (measured by
-    ``measure(path)`` against fp32); see the module doc."""
-    model = prepare(fp32_path)
+    ``measure(path)`` against fp32); see the module doc. ``model``: the prepared graph when already loaded (a
+    smoothed one); ``quantizer``: :func:`quantize` (dynamic) or a :class:`StaticQuantizer`."""
+    model = prepare(fp32_path) if model is None else model
     roles = weight_roles(model)
     present = [r for r in ROLES if r in roles.values()]
     trials: list[dict] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="int8 exclusion search", unit="trial", file=sys.stderr, disable=None, leave=False)
 
     def trial(excluded: list[str], only: str | None = None) -> Int8Agreement:
         skip = [n for n, r in roles.items() if r in excluded or (only is not None and r != only)]
-        quantize(model, out, skip)
-        agreement = measure(out)
+        quantizer(model, out, skip)
+        agreement = measure(out)  # each trial: quantise + score the check images
+        bar.update(1)
+        bar.set_postfix(r_min=f"{agreement.pearson_min:.4f}")
         trials.append({"excluded": list(excluded) if only is None else [r for r in present if r != only],
                        "quantized_only": only, **agreement.to_dict()})
         log.info("int8 trial %s: %s", trials[-1]["excluded"], agreement)
@@ -165,5 +230,6 @@ def search(fp32_path: Path, out: Path, measure: Callable[[Path], Int8Agreement],
                 break
         if trials[-1]["quantized_only"] is not None:  # the file on disk is a single-role trial: write the choice
             best = trial(excluded)
+    bar.close()
     nodes = sorted(n for n, r in roles.items() if r in excluded)
     return Int8Result(agreement=best, excluded_roles=excluded, excluded_nodes=nodes, trials=trials)
