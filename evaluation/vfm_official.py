@@ -3,6 +3,7 @@ adapters (random ``lora_B``, magnitudes off the row norms: at initialisation DoR
 prove nothing).
 
     python evaluation/vfm_official.py --official PATH [--radio PATH] [--large] [--record tests/data/vfm_official.npz]
+                                      [--families radio,dinov2,clip --dinov2 PATH]
 
 ``--official``: a checkout of MaticFuc/AnomalyVFM (its ``radio_local.py``, ``peft_local/``, ``decoder.py`` and
 ``models/radio.py`` are imported from there; nothing of it is copied). ``--radio``: a checkout of NVlabs/RADIO, to
@@ -240,10 +241,21 @@ def main() -> None:
     parser.add_argument("--radio", type=Path, default=None, help="checkout of NVlabs/RADIO (bilinear hub path)")
     parser.add_argument("--large", action="store_true", help="also RADIO v2.5-L at 768 px (slow on a CPU)")
     parser.add_argument("--record", type=Path, default=None, help="write the tiny configuration's official outputs")
+    parser.add_argument("--families", default="radio", help="radio, dinov2, clip (comma-separated; the last two "
+                        "through evaluation/vfm_official_vit.py, recording into --record's folder)")
+    parser.add_argument("--dinov2", type=Path, default=None, help="checkout of facebookresearch/dinov2 (dinov2)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    families = args.families.split(",")
     ok = True
-    for config in [TINY, *([LARGE] if args.large else [])]:
+    others = [f for f in families if f != "radio"]
+    if others:
+        from vfm_official_vit import run
+
+        if "dinov2" in others and args.dinov2 is None:
+            parser.error("--families dinov2 needs --dinov2 PATH")
+        ok &= run(args.official, args.dinov2 or Path("."), others, args.record.parent if args.record else None)
+    for config in [TINY, *([LARGE] if args.large else [])] if "radio" in families else []:
         with tempfile.TemporaryDirectory(prefix="vfm-official-") as tmp:
             report = compare(config, args.official, args.radio, Path(tmp), args.record if config is TINY else None)
         print(report["config"])

@@ -211,13 +211,15 @@ def backbone_for(method: str | type[Method], backbone: str | Backbone = DEFAULT_
             raise UsageError(vision_only_message(cls.name, backbone))
         act = cls.activation_for(activation, backbone, image_size, cache_dir=cache_dir)
         return load_backbone(backbone, image_size=image_size, device=resolve_device(device), cache_dir=cache_dir,
-                             pos_interpolation=cls.pos_interpolation, activation=act, warn_random=warn_random)
+                             pos_interpolation=cls.pos_interpolation_for(backbone), activation=act,
+                             warn_random=warn_random)
     if cls.needs_text and not backbone.has_text:
         raise UsageError(vision_only_message(cls.name, backbone.spec.name))
     if backbone.export is not None:  # an export runs what it was traced with (checked against the request)
         return backbone
-    if backbone.pos_interpolation != cls.pos_interpolation:
-        raise UsageError(f"method '{cls.name}' needs position embeddings resized {cls.pos_interpolation}ly, "
+    if backbone.pos_interpolation != cls.pos_interpolation_for(backbone.spec):
+        raise UsageError(f"method '{cls.name}' needs position embeddings resized "
+                         f"{cls.pos_interpolation_for(backbone.spec)}ly, "
                          f"the shared backbone's were resized {backbone.pos_interpolation}ly; load one per mode")
     return backbone.with_activation(cls.activation_for(activation, backbone.spec, backbone.image_size,
                                                        cache_dir=cache_dir))

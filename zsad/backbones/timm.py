@@ -201,7 +201,12 @@ def _tiny(spec: BackboneSpec, image_size: int | None) -> nn.Module:
     if spec.kind != "file":
         return build_tiny_dino(image_size)
     path = weights.check_weights_file(spec.source)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if str(path).endswith(".safetensors"):  # e.g. an imported AnomalyVFM checkpoint's backbone
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     regs = state.get("register_tokens", state.get("reg_token"))
     model = build_tiny_dino(image_size, reg_tokens=0 if regs is None else int(regs.shape[1]))
     try:

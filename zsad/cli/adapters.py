@@ -91,10 +91,11 @@ def add_adapters_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
                                    "into an adapter folder")
     vfm.add_argument("checkpoint", metavar="FILE")
     vfm.add_argument("--out", required=True, metavar="DIR", help="adapter folder to write")
-    vfm.add_argument("--image-size", type=int, default=768, help="training image size (default 768, RADIO's)")
+    vfm.add_argument("--image-size", type=int, default=None,
+                     help="training image size (default the family's official one: 768 RADIO, 672 DINOv2 and CLIP)")
     vfm.add_argument("--no-backbone", action="store_true",
                      help="do not store the checkpoint's backbone weights (DIR/backbone.safetensors, ~1.2 GB); the "
-                          "backbone then comes from its own release (radio:v2.5-l)")
+                          "backbone then comes from its own release (radio:v2.5-l, timm's DINOv2; CLIP always)")
     vfm.add_argument("--trained-on", default=None, help="what it was trained on (recorded in adapter.json)")
     vfm.set_defaults(func=cmd_import_anomalyvfm)
 
@@ -151,13 +152,12 @@ def cmd_import_anomalyclip(args: argparse.Namespace) -> int:
 def cmd_import_anomalyvfm(args: argparse.Namespace) -> int:
     from zsad.adapters import read_adapter_config
     from zsad.methods.vfm.adapter import VfmSettings
-    from zsad.methods.vfm.official import import_checkpoint
+    from zsad.methods.vfm.official import import_checkpoint, scoring_backbone
 
     out = import_checkpoint(args.checkpoint, args.out, image_size=args.image_size, with_backbone=not args.no_backbone,
                             trained_on=args.trained_on)
     settings = VfmSettings.from_config(read_adapter_config(out), str(out))
-    arch = settings.backbone.split(":")[1]
-    backbone = f"radio:{arch}:{out / settings.backbone_weights}" if settings.backbone_weights else settings.backbone
+    backbone = scoring_backbone(settings, Path(out))
     print(f"zsad: imported {args.checkpoint} -> {out}; score with zsad score --method vfm --adapter {out} "
           f"--backbone {backbone} --image-size {settings.image_size} IMAGES", file=sys.stderr)
     return 0

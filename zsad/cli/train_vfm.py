@@ -30,8 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--categories", default=None, help="comma-separated categories (default: all)")
     p.add_argument("--out", required=True, metavar="DIR", help="adapter folder to write, e.g. adapters/vfm-radio")
     p.add_argument("--backbone", default=d.backbone, help=f"backbone (default {d.backbone}, the published one)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help=f"input size (default {d.image_size})")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 200 for RADIO, 500 otherwise)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default the family's official one: 768 for RADIO, 672 for DINOv2 and CLIP)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps (default the family's official ones: 200 for RADIO, 500 otherwise)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
     p.add_argument("--accumulation", type=int, default=d.accumulation,
                    help=f"micro-batches per step (default {d.accumulation}: {d.micro_batch} images each)")
@@ -71,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
         out = train_vfm(config, dist)
         if dist.is_main:
             print(f"zsad: adapter written to {out} (log: {out / 'train_log.csv'}); score with zsad score --method vfm "
-                  f"--adapter {out} --backbone {args.backbone} --image-size {args.image_size} IMAGES", file=sys.stderr)
+                  f"--adapter {out} --backbone {args.backbone} --image-size {config.input_size()} IMAGES", file=sys.stderr)
     return 0

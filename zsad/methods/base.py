@@ -111,6 +111,12 @@ class Method(nn.Module):
         return cls.config_class(**options)
 
     @classmethod
+    def pos_interpolation_for(cls, backbone: str | BackboneSpec) -> str:
+        """The position-embedding resize this method runs ``backbone`` with: :attr:`pos_interpolation` unless the
+        published code resized each backbone family its own way (``vfm``)."""
+        return cls.pos_interpolation
+
+    @classmethod
     def published_activation(cls, spec: BackboneSpec, image_size: int, *, cache_dir: str | None = None) -> str:
         """The MLP activation ``activation="auto"`` resolves to: what this method's published code ran these
         weights with. By default the weights' own (QuickGELU for OpenAI's: AnomalyCLIP's loader builds every

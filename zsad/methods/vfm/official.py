@@ -3,16 +3,21 @@
 Two layouts (MaticFuc/AnomalyVFM): ``model.pkl`` written by ``train.py`` (``model_state_dict`` of the backbone
 wrapper, keys ``net.…``; ``decoder_state_dict``; ``predictor_state_dict``) and the Hub release's
 ``model.safetensors`` (``hf_model.py``'s ``AnomalyVFM``: ``model.net.…``, ``decoder.…``, ``predictor.…``). Both
-hold the whole model: the frozen RADIO weights (under each wrapped layer's ``.layer``), the DoRA tensors
-(``lora_A_q`` … ``mag_v`` on ``qkv``, ``lora_A`` / ``lora_B`` / ``magnitude`` on ``proj``), the decoder and the
-head. Files are read as tensors only (safetensors, or ``torch.load(weights_only=True)``); keys or shapes that do
-not fit are refused in one line.
+hold the whole model: the frozen backbone weights (under each wrapped layer's ``.layer``), the DoRA tensors, the
+decoder and the head. Files are read as tensors only (safetensors, or ``torch.load(weights_only=True)``); keys or
+shapes that do not fit are refused in one line.
+
+Backbone families (:mod:`.families`), told apart by their keys: RADIO (here: ``lora_A_q`` … ``mag_v`` on ``qkv``,
+``lora_A`` / ``lora_B`` / ``magnitude`` on ``proj``), DINOv2 with registers and CLIP (:mod:`.official_vit`).
+DINOv3 and SigLIP2 checkpoints are refused with the reason (:data:`.families.UNMAPPED`).
 
 The folder gets the DoRA tensors, decoder and head (``weights.safetensors``) and, unless ``with_backbone`` is off,
-the backbone weights in zsad's RADIO layout (``backbone.safetensors``, about 1.2 GB for ViT-L): score with
-``--backbone radio:v2.5-l:DIR/backbone.safetensors``. Without it, the backbone comes from its own release
-(``radio:v2.5-l``: ``nvidia/RADIO-L`` in the Hugging Face cache); AnomalyVFM trains with the backbone frozen, so
-both are the same weights up to the precision they were stored in.
+the backbone weights in zsad's layout (``backbone.safetensors``: RADIO's, about 1.2 GB for ViT-L; timm's for
+DINOv2): score with ``--backbone radio:v2.5-l:DIR/backbone.safetensors`` (or
+``timm:vit_large_patch14_reg4_dinov2:DIR/backbone.safetensors``). Without it, the backbone comes from its own
+release (``radio:v2.5-l``: ``nvidia/RADIO-L``; timm's ``vit_large_patch14_reg4_dinov2.lvd142m``; CLIP always from
+``ViT-L-14-336:openai``) in the Hugging Face cache; AnomalyVFM trains with the backbone frozen, so both are the same
+weights up to the precision they were stored in.
 """
 
 from __future__ import annotations
@@ -25,9 +30,17 @@ import torch
 from zsad.errors import AdapterError
 from zsad.fileio import atomic_dir
 from zsad.methods.vfm.adapter import BACKBONE_WEIGHTS, KIND, VfmModules, VfmSettings
+from zsad.methods.vfm.families import FAMILIES, UNMAPPED
+from zsad.methods.vfm.official_vit import (
+    DORA_PROJ,
+    DORA_QKV,
+    Converted,
+    convert_clip,
+    convert_dinov2,
+    family_of_checkpoint,
+)
 
-_DORA_QKV = ("lora_A_q", "lora_B_q", "lora_A_v", "lora_B_v", "mag_q", "mag_v")
-_DORA_PROJ = ("lora_A", "lora_B", "magnitude")
+_DORA_QKV, _DORA_PROJ = DORA_QKV, DORA_PROJ
 _WRAPPED = re.compile(r"^model\.blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$")
 
 
@@ -63,7 +76,7 @@ def _split(state: dict, prefixes: dict[str, str], path: Path) -> dict[str, dict]
     for key, value in state.items():
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None:
-            raise AdapterError(f"{path}: unexpected tensor {key!r} (not an AnomalyVFM RADIO checkpoint; expected keys "
+            raise AdapterError(f"{path}: unexpected tensor {key!r} (not an AnomalyVFM checkpoint; expected keys "
                                f"under {', '.join(prefixes)})")
         groups[prefixes[prefix]][key[len(prefix):]] = value
     return groups
@@ -104,16 +117,10 @@ def _arch(width: int, depth: int, path: Path) -> str:
                        f"({', '.join(f'{n}: {c.width}x{c.depth}' for n, c in CONFIGS.items())})")
 
 
-def import_checkpoint(path: str | Path, out: str | Path, *, image_size: int = 768, with_backbone: bool = True,
-                      trained_on: str | None = None) -> Path:
-    """Convert an official checkpoint into the adapter folder ``out`` (written whole, atomically)."""
-    from safetensors.torch import save_file
-
-    from zsad.adapters.folder import write_adapter_files
+def convert_radio(net: dict, path: Path) -> Converted:
+    """A RADIO checkpoint onto zsad's RADIO (:mod:`zsad.backbones.radio`)."""
     from zsad.backbones.radio import build_radio, load_state, to_zsad_layout
 
-    path = Path(path)
-    net, decoder, predictor = read_checkpoint(path)
     base, dora = split_adapters(net, path)
     state, conditioner, unknown = to_zsad_layout(base)
     if unknown:
@@ -128,28 +135,62 @@ def import_checkpoint(path: str | Path, out: str | Path, *, image_size: int = 76
         load_state(model, state, str(path))
     except Exception as exc:  # a UsageError from the shape checks: the file is at fault, so say it as such
         raise AdapterError(str(exc)) from None
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for key in ("norm_mean", "norm_std"):
+        if key in conditioner:
+            weights[f"input_conditioner.{key}"] = conditioner[key].float().contiguous()
+    return Converted(f"radio:{arch}" if arch != "tiny" else "radio:tiny:random", width, depth, dora, weights)
+
+
+_CONVERTERS = {"radio": convert_radio, "dinov2": convert_dinov2, "clip": convert_clip}
+
+
+def import_checkpoint(path: str | Path, out: str | Path, *, image_size: int | None = None, with_backbone: bool = True,
+                      trained_on: str | None = None) -> Path:
+    """Convert an official checkpoint into the adapter folder ``out`` (written whole, atomically);
+    ``image_size`` None: the family's official input size (768 RADIO, 672 DINOv2 and CLIP)."""
+    from safetensors.torch import save_file
+
+    from zsad.adapters.folder import write_adapter_files
+
+    path = Path(path)
+    net, decoder, predictor = read_checkpoint(path)
+    try:
+        family = family_of_checkpoint(net)
+    except AdapterError as exc:
+        raise AdapterError(f"{path}: {exc}") from None
+    if family in UNMAPPED:
+        raise AdapterError(f"{path}: an AnomalyVFM {family} checkpoint, which zsad does not import: {UNMAPPED[family]}")
+    converted = _CONVERTERS[family](net, path)
+    dora = converted.dora
     ranks = {int(v.shape[0]) for k, v in dora.items() if k.endswith(("lora_A", "lora_A_q", "lora_A_v"))}
     if len(ranks) != 1:
         raise AdapterError(f"{path}: the DoRA tensors have ranks {sorted(ranks)}; one rank expected")
     summary_dim = int(predictor["lin.weight"].shape[1]) if "lin.weight" in predictor else -1
-    settings = VfmSettings(backbone=f"radio:{arch}" if arch != "tiny" else "radio:tiny:random", image_size=image_size,
-                           depth=depth, width=width, summary_dim=summary_dim, rank=ranks.pop(),
-                           backbone_weights=BACKBONE_WEIGHTS if with_backbone else None)
+    store = with_backbone and converted.weights is not None
+    settings = VfmSettings(backbone=converted.backbone, image_size=image_size or FAMILIES[family].image_size,
+                           depth=converted.depth, width=converted.width, summary_dim=summary_dim, rank=ranks.pop(),
+                           backbone_weights=BACKBONE_WEIGHTS if store else None)
     tensors = {**dora, **{f"decoder.{k}": v for k, v in decoder.items()},
                **{f"head.{k[len('lin.'):]}": v for k, v in predictor.items() if k.startswith("lin.")}}
     if any(not k.startswith("lin.") for k in predictor):
         raise AdapterError(f"{path}: unexpected head tensor {next(k for k in predictor if not k.startswith('lin.'))!r}")
     VfmModules.from_tensors(settings, tensors, str(path))  # every key and shape checked before anything is written
-    source = {"kind": "anomalyvfm-official", "file": path.name, "layout": "hub" if path.suffix == ".safetensors"
-              else "train.py", **({"trained_on": trained_on} if trained_on else {})}
+    source = {"kind": "anomalyvfm-official", "family": family, "file": path.name,
+              "layout": "hub" if path.suffix == ".safetensors" else "train.py",
+              **({"trained_on": trained_on} if trained_on else {})}
     config = {**settings.to_config(), "training": {}, "source": source, "metrics": {}}
     with atomic_dir(out) as folder:
         write_adapter_files(folder, KIND, config, {k: v.float() for k, v in tensors.items()})
-        if with_backbone:
-            weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            for key in ("norm_mean", "norm_std"):
-                if key in conditioner:
-                    weights[f"input_conditioner.{key}"] = conditioner[key].float().contiguous()
-            save_file(weights, str(folder / BACKBONE_WEIGHTS))
+        if store:
+            save_file(converted.weights, str(folder / BACKBONE_WEIGHTS))
     return Path(out)
 
+
+def scoring_backbone(settings: VfmSettings, folder: Path) -> str:
+    """The ``--backbone`` that scores with an imported folder: its stored backbone file when it has one
+    (``radio:ARCH:FILE``, ``timm:ARCH:FILE``), else the backbone it records."""
+    if not settings.backbone_weights:
+        return settings.backbone
+    prefix, arch = settings.backbone.split(":")[:2]
+    return f"{prefix}:{arch}:{folder / settings.backbone_weights}"

@@ -56,13 +56,13 @@ from zsad.methods.training import (
 )
 from zsad.methods.vfm.adapter import VfmModules, VfmSettings, save_vfm_adapter
 from zsad.methods.vfm.dora import DEFAULT_ALPHA, DEFAULT_RANK, run_adapted
+from zsad.methods.vfm.families import FAMILIES, RESIZE_FILTER, family_of
 from zsad.methods.vfm.features import vfm_features
 
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ("step", "loss", "image_loss", "mask_loss", "seconds")
-#: steps of the official recipe per backbone family (``train.py`` defaults and the README's commands)
-DEFAULT_STEPS = {"radio": 200}
+#: steps of the official recipe for a backbone of none of its families (theirs: :mod:`.families`)
 OTHER_STEPS = 500
 
 
@@ -76,8 +76,8 @@ class VfmTrainConfig:
     split: str = "all"
     categories: tuple[str, ...] | None = None
     backbone: str = "radio:v2.5-l"
-    image_size: int = 768
-    steps: int | None = None  # None: 200 for RADIO, 500 otherwise
+    image_size: int | None = None  # None: the family's official size (768 RADIO, 672 DINOv2 and CLIP)
+    steps: int | None = None  # None: the family's official steps (200 for RADIO, 500 for DINOv2 and CLIP)
     batch_size: int = 32
     accumulation: int = 4
     lr: float = 1e-4
@@ -93,8 +93,13 @@ class VfmTrainConfig:
     progress: bool = True
     cache_dir: str | None = None
 
-    def total_steps(self, family: str) -> int:
-        return self.steps if self.steps is not None else DEFAULT_STEPS.get(family, OTHER_STEPS)
+    def total_steps(self) -> int:
+        family = family_of(self.backbone)
+        return self.steps if self.steps is not None else family.steps if family else OTHER_STEPS
+
+    def input_size(self) -> int:
+        family = family_of(self.backbone)
+        return self.image_size or (family.image_size if family else FAMILIES["radio"].image_size)
 
     def check(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -255,7 +260,6 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
     from tqdm.auto import tqdm
 
     from zsad.backbones import load_backbone
-    from zsad.backbones.names import parse_backbone_name
     from zsad.device import resolve_device, resolve_precision
     from zsad.methods.vfm.method import VfmMethod
 
@@ -265,11 +269,11 @@ def train_vfm(config: VfmTrainConfig, dist: Dist | None = None) -> Path:
     prepare_out(out, config.resume, dist)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
-    family = parse_backbone_name(config.backbone).family
-    total = config.total_steps(family)
+    total = config.total_steps()
     samples, summary = training_samples(config.data, config.format, config.split, config.categories)
-    backbone = load_backbone(config.backbone, image_size=config.image_size, device=device, cache_dir=config.cache_dir,
-                             pos_interpolation=VfmMethod.pos_interpolation, warn_random=False)
+    backbone = load_backbone(config.backbone, image_size=config.input_size(), device=device, cache_dir=config.cache_dir,
+                             pos_interpolation=VfmMethod.pos_interpolation_for(config.backbone), warn_random=False)
+    backbone.resize_filter = RESIZE_FILTER  # loaded for this run only
     settings = VfmSettings.for_backbone(backbone, rank=config.rank, alpha=config.alpha)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
