@@ -233,7 +233,8 @@ def _int8(folder: Path, manifest: Manifest, reference, checks: fidelity.CheckSet
                                         "method": "minmax"},
                            smoothquant={"alpha": request.smooth_alpha, "matmuls": smoothed},
                            quantization="onnxruntime static QDQ, int8 weights per output channel, uint8 "
-                                        "activations per tensor (MinMax), MatMul only, SmoothQuant scaling first")
+                                        "activations per tensor (MinMax), weight MatMuls and the attention "
+                                        "products (role attn.matmul), SmoothQuant scaling first")
         else:
             result = quantize.search(folder / MODEL_FP32, trial, measure)
             details["quantization"] = "onnxruntime dynamic, int8 weights (per tensor), MatMul only"

@@ -5,7 +5,8 @@ maps, found by measurement:
   tensor) and activations quantised per call (MatMulInteger); runs on ONNX Runtime only.
 - ``static`` (``--int8 static``): SmoothQuant per-channel scaling (:mod:`.smooth`) from calibration images, then
   ONNX Runtime's static QDQ quantisation: int8 weights per output channel, activation scales fixed from the
-  same calibration images (MinMax). A QDQ graph runs as int8 on ONNX Runtime and on OpenVINO alike.
+  same calibration images (MinMax); the attention products (Q K^T, scores x V) are quantised too, as their own
+  role ``attn.matmul`` in the search. A QDQ graph runs as int8 on ONNX Runtime and on OpenVINO alike.
 
 The search works on layer roles (patch embedding, attention qkv / output, MLP in / out, the V-V path's value and
 output projections, the final projection): quantise all; if the maps do not reach the goal, measure each role
@@ -27,7 +28,9 @@ from zsad.export.fidelity import INT8_GOAL, Int8Agreement
 
 log = logging.getLogger(__name__)
 
-ROLES = ("attn.qkv", "attn.out", "mlp.fc", "mlp.proj", "vv.value", "vv.out", "proj", "patch", "head", "other")
+ROLES = ("attn.qkv", "attn.out", "mlp.fc", "mlp.proj", "vv.value", "vv.out", "proj", "patch", "head", "other",
+         "attn.matmul")
+#: static QDQ also quantises the products of two activations (attention scores Q K^T and their mix with V)
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
 
@@ -65,11 +68,14 @@ def gemm_to_matmul(model) -> int:
     return count
 
 
-def weight_roles(model) -> dict[str, str]:
-    """Node name -> role, for every MatMul whose second input is a constant (the ones worth quantising)."""
+def weight_roles(model, activations: bool = False) -> dict[str, str]:
+    """Node name -> role, for every MatMul whose second input is a constant (the ones worth quantising); with
+    ``activations``, the MatMuls of two activations too (role ``attn.matmul``: static QDQ quantises them)."""
     consts = {t.name: t for t in model.graph.initializer}
     roles = {}
     for node in model.graph.node:
+        if node.op_type == "MatMul" and activations and node.input[1] not in consts:
+            roles[node.name] = "attn.matmul"
         if node.op_type != "MatMul" or node.input[1] not in consts:
             continue
         scopes = next((p.value for p in node.metadata_props if p.key == _SCOPES), "")
@@ -153,7 +159,7 @@ class StaticQuantizer:
             quantize_static(fresh, out, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(exclude), calibration_cache_path=self.cache,
-                            extra_options={"MatMulConstBOnly": True})
+                            extra_options={})
 
 
 def smoothed(model, feeds: list[dict], alpha: float) -> tuple[object, int]:
@@ -199,7 +205,7 @@ def search(fp32_path: Path, out: Path, measure: Callable[[Path], Int8Agreement],
     ``measure(path)`` against fp32); see the module doc. ``model``: the prepared graph when already loaded (a
     smoothed one); ``quantizer``: :func:`quantize` (dynamic) or a :class:`StaticQuantizer`."""
     model = prepare(fp32_path) if model is None else model
-    roles = weight_roles(model)
+    roles = weight_roles(model, activations=isinstance(quantizer, StaticQuantizer))
     present = [r for r in ROLES if r in roles.values()]
     trials: list[dict] = []
     from tqdm.auto import tqdm
