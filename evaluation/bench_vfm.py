@@ -3,6 +3,7 @@ official AnomalyVFM test loop, and the time of one training micro-batch of each,
 
     python evaluation/bench_vfm.py --official PATH [--size 768] [--images 2] [--reps 1] [--threads 2]
                                    [--train-size 256] [--train-batch 2] [--json out.json]
+                                   [--runtimes official,torch,torch-blas] [--rounds 3] [--profile]
 
 ``--official``: a checkout of MaticFuc/AnomalyVFM. Weights are random (speed does not depend on their values):
 ``radio:v2.5-l:random`` with random adapters (rank 64) for zsad; for the official code its ``RADIOModel`` (ViT-L/16,
@@ -15,6 +16,11 @@ image, then ``--reps`` passes over ``--images`` synthetic images at batch 1, the
   head, sigmoid, the 5 x 5 filter; no metrics.
 - torch / onnx / onnx-int8: ``zsad.create("vfm", ...)`` and ``detector.score`` (decode, resize, map to the
   image's size and the decision included). The export (fp32 + int8, fidelity measured) is made once first.
+  torch-blas: zsad with ``onednn=False`` (the backbone's linears through ``F.linear``, as before oneDNN).
+- ``--rounds N``: the runtimes N times round-robin (official, zsad, official, ...), so a shared machine's load
+  falls on both alike; each row records the 1-minute load average before and after it.
+- ``--profile``: instead, ``torch.profiler`` over one zsad forward (``method(x)``, preprocessed input) at
+  ``--size``, with and without oneDNN: the op table and the share of time in the linear layers' products.
 - train-official / train-zsad: one micro-batch forward + backward of the training loss at ``--train-size``
   (``train.py``'s loop body; zsad's ``VfmTrainer.step``), ``--train-batch`` images.
 """
@@ -105,9 +111,9 @@ def child(args: argparse.Namespace) -> dict:
     else:
         import zsad
 
-        if args.runtime == "torch":
+        if args.runtime in ("torch", "torch-blas"):
             detector = zsad.create("vfm", backbone=BACKBONE, image_size=args.size, device="cpu", precision="fp32",
-                                   batch_size=1, warn_random=False)
+                                   batch_size=1, warn_random=False, onednn=args.runtime == "torch")
         else:
             detector = zsad.create("vfm", backbone=BACKBONE, image_size=args.size, batch_size=1, runtime=args.runtime,
                                    export=args.export)
@@ -165,6 +171,35 @@ def _train(args: argparse.Namespace) -> float:
     return time.perf_counter() - start
 
 
+def profile(size: int, threads: int) -> None:
+    """Where one zsad forward's time goes, with oneDNN linears and with ``F.linear``."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    import zsad
+
+    torch.set_num_threads(threads)
+    x = torch.rand(1, 3, size, size)
+    for onednn in (True, False):
+        method = zsad.create("vfm", backbone=BACKBONE, image_size=size, device="cpu", precision="fp32",
+                             warn_random=False, onednn=onednn).method
+        with torch.inference_mode():
+            method(x)
+            start = time.perf_counter()
+            method(x)
+            wall = time.perf_counter() - start
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                method(x)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        linear = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "mkldnn::_linear_pointwise",
+                                                                          "aten::mm"))
+        print(f"# onednn={onednn}: forward {wall:.2f} s at {size} px, {threads} threads, load "
+              f"{os.getloadavg()[0]:.2f}; linear layers' products {100 * linear / total:.1f} % of the profiled time")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", required=True)
@@ -176,12 +211,17 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--runtimes", default="official,torch,onnx,onnx-int8,train-official,train-zsad")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--rounds", type=int, default=1, help="the runtimes this many times, round-robin")
+    parser.add_argument("--profile", action="store_true", help="profile one zsad forward instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--export", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
+        return
+    if args.profile:
+        profile(args.size, args.threads)
         return
     runtimes = args.runtimes.split(",")
     rows = []
@@ -197,7 +237,8 @@ def main() -> None:
             print(f"# export {time.perf_counter() - started:.0f} s: fp32 {manifest.fidelity['fp32']}, int8 "
                   f"{manifest.int8['agreement']} kept fp32 {manifest.int8['excluded_roles']}", flush=True)
             rows.append({"export": manifest.fidelity, "int8": manifest.int8})
-        for runtime in runtimes:
+        for runtime in runtimes * args.rounds:
+            load_before = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--child", "--official", args.official, "--runtime", runtime, "--export",
                    str(export), "--size", str(args.size), "--images", str(args.images), "--reps", str(args.reps),
                    "--threads", str(args.threads), "--train-size", str(args.train_size),
@@ -208,7 +249,8 @@ def main() -> None:
                 print(f"{runtime}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append({"runtime": runtime, "threads": args.threads, "size": args.size, **result})
+            rows.append({"runtime": runtime, "threads": args.threads, "size": args.size, **result,
+                         "load": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

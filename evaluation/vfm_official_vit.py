@@ -39,6 +39,16 @@ from anomalydino_official import seeded_dinov2_state  # noqa: E402
 
 MAP_TOL, SCORE_TOL = 1e-4, 1e-5
 SIZE, RANK, NATIVE, WIDTH, DEPTH, HEADS = 280, 8, 224, 64, 6, 4
+#: DINOv3: timm's smallest DINOv3-style ViT (T/16: width 192, 12 blocks, 3 heads), at 128 px (rotary positions)
+D3_SIZE, D3_WIDTH, D3_DEPTH, D3_HEADS = 128, 192, 12, 3
+
+
+def size_of(family: str) -> int:
+    return D3_SIZE if family == "dinov3" else SIZE
+
+
+def width_of(family: str) -> int:
+    return D3_WIDTH if family == "dinov3" else WIDTH
 SIZES = [(97, 61), (64, 64)]
 MEANS = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))}
 
@@ -60,6 +70,42 @@ def dinov2_release_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
+def dinov3_release_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """DINOv3 T/16-sized weights in the official release layout (``dinov3_vitl16``'s keys: 4 storage tokens, RoPE
+    periods, ``LinearKMaskedBias`` with its mask, LayerScale), drawn from one seeded generator; the k part of each
+    qkv bias is zero, as in the released ViT-L/16 (see ``zsad.methods.vfm.families``)."""
+    gen = torch.Generator().manual_seed(seed)
+    dim, heads, hidden = D3_WIDTH, D3_HEADS, 4 * D3_WIDTH
+
+    def normal(*shape: int, std: float, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std + mean
+
+    head = dim // heads  # the official RoPE periods (rope_position_encoding.py, base 100)
+    state = {"cls_token": normal(1, 1, dim, std=0.5), "storage_tokens": normal(1, 4, dim, std=0.5),
+             "mask_token": torch.zeros(1, dim),
+             "rope_embed.periods": 100.0 ** (2 * torch.arange(head // 4, dtype=torch.float32) / (head // 2)),
+             "patch_embed.proj.weight": normal(dim, 3, 16, 16, std=(3 * 256) ** -0.5),
+             "patch_embed.proj.bias": normal(dim, std=0.02)}
+    for b in range(D3_DEPTH):
+        p = f"blocks.{b}."
+        qkv_bias = normal(3 * dim, std=0.02)
+        qkv_bias[dim:2 * dim] = 0
+        state.update({
+            p + "norm1.weight": normal(dim, std=0.1, mean=1.0), p + "norm1.bias": normal(dim, std=0.1),
+            p + "attn.qkv.weight": normal(3 * dim, dim, std=dim ** -0.5), p + "attn.qkv.bias": qkv_bias,
+            p + "attn.qkv.bias_mask": torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)]),
+            p + "attn.proj.weight": normal(dim, dim, std=dim ** -0.5), p + "attn.proj.bias": normal(dim, std=0.02),
+            p + "ls1.gamma": normal(dim, std=0.05, mean=0.5),
+            p + "norm2.weight": normal(dim, std=0.1, mean=1.0), p + "norm2.bias": normal(dim, std=0.1),
+            p + "mlp.fc1.weight": normal(hidden, dim, std=dim ** -0.5), p + "mlp.fc1.bias": normal(hidden, std=0.02),
+            p + "mlp.fc2.weight": normal(dim, hidden, std=hidden ** -0.5), p + "mlp.fc2.bias": normal(dim, std=0.02),
+            p + "ls2.gamma": normal(dim, std=0.05, mean=0.5),
+        })
+    state["norm.weight"] = normal(dim, std=0.1, mean=1.0)
+    state["norm.bias"] = normal(dim, std=0.1)
+    return state
+
+
 def zsad_backbone(family: str, folder: Path):
     """zsad's tiny backbone of ``family`` (DINOv2: from the release-layout file written into ``folder``)."""
     from zsad.backbones import load_backbone
@@ -69,13 +115,18 @@ def zsad_backbone(family: str, folder: Path):
         path = folder / "dinov2_tiny_reg4.pth"
         torch.save(dinov2_release_state(), path)
         name = f"timm:tiny-dinov2:{path}"
+    elif family == "dinov3":
+        path = folder / "dinov3_t16.pth"
+        torch.save(dinov3_release_state(), path)
+        name = f"timm:vit_tiny_patch16_dinov3_qkvb:{path}"
     else:
         name = "tiny-random"
-    return load_backbone(name, image_size=SIZE, pos_interpolation=pos_interpolation_for(name), warn_random=False)
+    return load_backbone(name, image_size=size_of(family), pos_interpolation=pos_interpolation_for(name),
+                         warn_random=False)
 
 
 @contextmanager
-def official_wrapper(official: Path, dinov2: Path, family: str, backbone):
+def official_wrapper(official: Path, dinov2: Path, family: str, backbone, dinov3: Path | None = None):
     """The official ``DINOv2`` / ``CLIP`` wrapper holding zsad's backbone weights (its loaders redirected)."""
     sys.path.insert(0, str(official))
     real_hub = torch.hub.load
@@ -93,6 +144,21 @@ def official_wrapper(official: Path, dinov2: Path, family: str, backbone):
             sys.path.insert(0, str(dinov2))
             torch.hub.load = hub_load
             wrapper = importlib.import_module("models.dinov2").DINOv2(height=SIZE)
+        elif family == "dinov3":
+            def hub_load(*args, **kwargs):  # dinov3_vitl16's settings (hub/backbones.py), at the T/16 size
+                vit = importlib.import_module("dinov3.models.vision_transformer")
+                model = vit.DinoVisionTransformer(
+                    img_size=224, patch_size=16, pos_embed_rope_base=100, pos_embed_rope_normalize_coords="separate",
+                    pos_embed_rope_rescale_coords=2, pos_embed_rope_dtype="fp32", embed_dim=D3_WIDTH, depth=D3_DEPTH,
+                    num_heads=D3_HEADS, ffn_ratio=4, qkv_bias=True, layerscale_init=1.0e-05,
+                    norm_layer="layernormbf16", ffn_layer="mlp", ffn_bias=True, proj_bias=True, n_storage_tokens=4,
+                    mask_k_bias=True)
+                model.load_state_dict(dinov3_release_state(), strict=True)
+                return model.eval()
+
+            sys.path.insert(0, str(dinov3))
+            torch.hub.load = hub_load
+            wrapper = importlib.import_module("models.dinov3").DINOv3(height=D3_SIZE)
         else:
             import types
 
@@ -116,11 +182,11 @@ def official_wrapper(official: Path, dinov2: Path, family: str, backbone):
                 wrapper = importlib.import_module("models.clip").CLIP(height=SIZE)
             finally:
                 transformers.AutoModel.from_pretrained = real_auto
-        wrapper.feature_dim = WIDTH
+        wrapper.feature_dim = width_of(family)
         yield wrapper.eval(), importlib.import_module("decoder"), importlib.import_module("peft_local.peft_wrapper")
     finally:
         torch.hub.load = real_hub
-        for p in (str(official), str(dinov2)):
+        for p in (str(official), str(dinov2), str(dinov3)):
             if p in sys.path:
                 sys.path.remove(p)
 
@@ -155,7 +221,7 @@ def official_dora(family: str, modules) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in modules.dora.state_dict().items():  # blocks.{i}.qkv.lora_A_q ...
         _, block, which, name = key.split(".")
-        if family == "dinov2":
+        if family in ("dinov2", "dinov3"):
             state[f"net.blocks.{block}.attn.{which}.{name}"] = value
         else:
             target, short = clip_names[name] if which == "qkv" else ("out_proj", name)
@@ -168,8 +234,9 @@ def official_state(family: str, modules) -> dict[str, dict[str, torch.Tensor]]:
     official classes: the recorded key names say whether these are its names (``tests/test_vfm_families.py``)."""
     from zsad.backbones.tiny import build_tiny_clip
 
-    if family == "dinov2":
-        base, wrapped = dinov2_release_state(), re.compile(r"^blocks\.\d+\.attn\.(qkv|proj)\.(weight|bias)$")
+    if family in ("dinov2", "dinov3"):
+        base = dinov2_release_state() if family == "dinov2" else dinov3_release_state()
+        wrapped = re.compile(r"^blocks\.\d+\.attn\.(qkv|proj)\.(weight|bias|bias_mask)$")
     else:
         base = open_clip_to_hf(build_tiny_clip().visual.state_dict())
         wrapped = re.compile(r"^encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj|out_proj)\.(weight|bias)$")
@@ -192,20 +259,20 @@ def load_trained_parts(wrapper, mods, family: str, modules) -> tuple:
     unknown = set(state) - set(own)
     assert not unknown, sorted(unknown)[:3]
     wrapper.load_state_dict({**own, **state})
-    decoder = mods.decoder.SimpleDecoder(WIDTH, 1, 1)
+    decoder = mods.decoder.SimpleDecoder(width_of(family), 1, 1)
     decoder.load_state_dict(modules.decoder.state_dict())
-    predictor = mods.decoder.SimplePredictor(WIDTH)
+    predictor = mods.decoder.SimplePredictor(width_of(family))
     predictor.load_state_dict({"lin.weight": modules.head.weight, "lin.bias": modules.head.bias})
     return wrapper.eval(), decoder.eval(), predictor.eval()
 
 
 @torch.no_grad()
-def official_outputs(wrapper, decoder, predictor, pil, kernel: int = 5) -> dict:
+def official_outputs(wrapper, decoder, predictor, pil, size: int, kernel: int = 5) -> dict:
     """``test.py``'s ``test_category`` on CPU in fp32, per image; the map resized to the image (anomalib)."""
     transform = wrapper.get_img_transform()
     x = torch.stack([transform(img.convert("RGB")) for img in pil])
     summary, ftrs = wrapper(x)
-    grid = SIZE // wrapper.patch_size
+    grid = size // wrapper.patch_size
     spatial = ftrs.permute(0, 2, 1).reshape(x.shape[0], -1, grid, grid)
     mask, _ = decoder(spatial)
     score = predictor(summary).squeeze(1).sigmoid()
@@ -216,7 +283,8 @@ def official_outputs(wrapper, decoder, predictor, pil, kernel: int = 5) -> dict:
             "at_size": at_size}
 
 
-def compare_family(family: str, official: Path, dinov2: Path, tmp: Path, record: Path | None) -> dict:
+def compare_family(family: str, official: Path, dinov2: Path, tmp: Path, record: Path | None,
+                   dinov3: Path | None = None) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from vfm_official import differences, write_layouts, zsad_outputs
 
@@ -228,22 +296,23 @@ def compare_family(family: str, official: Path, dinov2: Path, tmp: Path, record:
     backbone = zsad_backbone(family, tmp)
     modules = random_modules(backbone, seed=1, rank=RANK)
     pil = images()
-    with official_wrapper(official, dinov2, family, backbone) as (wrapper, decoder_mod, peft):
+    size = size_of(family)
+    with official_wrapper(official, dinov2, family, backbone, dinov3) as (wrapper, decoder_mod, peft):
         import types
 
         mods = types.SimpleNamespace(decoder=decoder_mod, peft=peft)
         wrapper, decoder, predictor = load_trained_parts(wrapper, mods, family, modules)
-        theirs = official_outputs(wrapper, decoder, predictor, pil)
+        theirs = official_outputs(wrapper, decoder, predictor, pil, size)
         files = write_layouts(wrapper, decoder, predictor, tmp)
         keys = {k: tuple(v.shape) for k, v in wrapper.state_dict().items()}
     # differences() normalises the official input with CLIP's mean/std (RADIO's is raw): undo that for a normalised one
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in MEANS["clip"])
-    report = {"config": {"family": family, "image_size": SIZE, "rank": RANK, "images": len(pil)}}
+    report = {"config": {"family": family, "image_size": size, "rank": RANK, "images": len(pil)}}
     for label, path in files.items():
         out = tmp / f"adapter-{family}-{path.stem}"
-        import_checkpoint(path, out, image_size=SIZE)
+        import_checkpoint(path, out, image_size=size)
         settings = VfmSettings.from_config(read_adapter_config(out), str(out))
-        detector = zsad.create("vfm", backbone=scoring_backbone(settings, out), image_size=SIZE, device="cpu",
+        detector = zsad.create("vfm", backbone=scoring_backbone(settings, out), image_size=size, device="cpu",
                                precision="fp32", adapter=str(out), warn_random=False)
         report[label] = differences(zsad_outputs(detector, pil), {**theirs, "input": theirs["input"] * std + mean})
     with torch.no_grad():
@@ -276,12 +345,13 @@ def report_ok(report: dict) -> bool:
     return ok
 
 
-def run(official: Path, dinov2: Path, families: list[str], record: Path | None) -> bool:
+def run(official: Path, dinov2: Path, families: list[str], record: Path | None, dinov3: Path | None = None) -> bool:
     torch.set_grad_enabled(False)
     ok = True
     for family in families:
         with tempfile.TemporaryDirectory(prefix=f"vfm-official-{family}-") as tmp:
-            ok &= report_ok(compare_family(family, official.resolve(), dinov2.resolve(), Path(tmp), record))
+            ok &= report_ok(compare_family(family, official.resolve(), dinov2.resolve(), Path(tmp), record,
+                                           dinov3.resolve() if dinov3 else None))
     return ok
 
 
@@ -289,10 +359,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", required=True, type=Path, help="checkout of MaticFuc/AnomalyVFM")
     parser.add_argument("--dinov2", required=True, type=Path, help="checkout of facebookresearch/dinov2")
-    parser.add_argument("--families", default="dinov2,clip")
+    parser.add_argument("--dinov3", type=Path, default=None, help="checkout of facebookresearch/dinov3 (dinov3)")
+    parser.add_argument("--families", default="dinov2,clip,dinov3")
     parser.add_argument("--record", type=Path, default=None, help="folder for vfm_official_{family}.npz")
     args = parser.parse_args()
-    ok = run(args.official, args.dinov2, args.families.split(","), args.record)
+    ok = run(args.official, args.dinov2, args.families.split(","), args.record, args.dinov3)
     print("EQUAL within maps 1e-4, scores 1e-5" if ok else "DIFFERENT")
     sys.exit(0 if ok else 1)
 

@@ -11,7 +11,11 @@ same feature size", 48 x 48 patches; steps: RADIO 200, SigLIP2 300, the others 5
   timm does once when the model is built for 672 px (``resample_abs_pos_embed``: bicubic, antialias).
 - ``clip``: Hugging Face ``openai/clip-vit-large-patch14-336``'s vision model = open_clip ``ViT-L-14-336`` with the
   ``openai`` weights (QuickGELU); ``interpolate_pos_encoding`` resizes its 24 x 24 table bicubically, no antialias.
-- ``dinov3`` and ``siglip2``: not mapped (see :data:`UNMAPPED`).
+- ``dinov3``: the hub's ``dinov3_vitl16`` = timm ``vit_large_patch16_dinov3_qkvb`` (rotary positions, 4 storage
+  tokens). Its ``qkv`` masks the k part of the bias (``LinearKMaskedBias``); AnomalyVFM's DoRA wrapper calls
+  ``F.linear`` with the unmasked bias, and timm keeps that part zero, so an imported checkpoint's k bias must be zero
+  (it is in the released ViT-L/16: zero-initialised and never trained).
+- ``siglip2``: not mapped (see :data:`UNMAPPED`).
 """
 
 from __future__ import annotations
@@ -42,13 +46,12 @@ FAMILIES = {
     "radio": VfmFamily("radio", "radio:v2.5-l", 768, 200, "bilinear"),
     "dinov2": VfmFamily("dinov2", "timm:vit_large_patch14_reg4_dinov2.lvd142m", 672, 500, "bicubic"),
     "clip": VfmFamily("clip", "ViT-L-14-336:openai", 672, 500, "bicubic"),
+    #: rotary positions: nothing to resize (the value is the timm backbone's unused default)
+    "dinov3": VfmFamily("dinov3", "timm:vit_large_patch16_dinov3_qkvb.lvd1689m", 768, 500, "bicubic"),
 }
 
 #: the official families zsad does not import, and why (one line each, also said in the README)
 UNMAPPED = {
-    "dinov3": "not mapped yet: the official DINOv3 ViT-L/16 (facebookresearch/dinov3 hub code, qkv bias with a "
-              "masked k part that AnomalyVFM's DoRA wrapper bypasses, RoPE) would map onto timm's "
-              "vit_large_patch16_dinov3_qkvb, but zsad has no equality proof against the official code for it",
     "siglip2": "the official SigLIP2 is Hugging Face's NaFlex model (google/siglip2-so400m-patch16-naflex: a linear "
                "patch embedding, a 16 x 16 position table resized with antialiasing per input, the MAP head's pooled "
                "output as summary); zsad's backbones have no NaFlex model",
@@ -61,7 +64,7 @@ def family_of(backbone: str | BackboneSpec) -> VfmFamily | None:
     if spec.family == "radio":
         return FAMILIES["radio"]
     if spec.family == "timm":
-        return FAMILIES["dinov2"] if "dinov2" in spec.arch else None
+        return next((FAMILIES[f] for f in ("dinov2", "dinov3") if f in spec.arch), None)
     return FAMILIES["clip"]
 
 

@@ -63,8 +63,6 @@ class VfmConfig:
     #: the folded backbone's linear layers through oneDNN on CPU in fp32 (:mod:`zsad.backbones.cpu_linear`: about
     #: 2x the backbone's speed on AMD CPUs, outputs within 1e-6 of ``F.linear``'s); False: ``F.linear``
     onednn: bool = True
-    #: ``torch.compile`` (inductor) the whole forward once, at the first call (opt-in: minutes to compile)
-    compile: bool = False
 
 
 class VfmMethod(Method):

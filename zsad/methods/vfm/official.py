@@ -8,14 +8,15 @@ decoder and the head. Files are read as tensors only (safetensors, or ``torch.lo
 shapes that do not fit are refused in one line.
 
 Backbone families (:mod:`.families`), told apart by their keys: RADIO (here: ``lora_A_q`` … ``mag_v`` on ``qkv``,
-``lora_A`` / ``lora_B`` / ``magnitude`` on ``proj``), DINOv2 with registers and CLIP (:mod:`.official_vit`).
-DINOv3 and SigLIP2 checkpoints are refused with the reason (:data:`.families.UNMAPPED`).
+``lora_A`` / ``lora_B`` / ``magnitude`` on ``proj``), DINOv2 with registers, DINOv3 and CLIP (:mod:`.official_vit`).
+SigLIP2 checkpoints are refused with the reason (:data:`.families.UNMAPPED`).
 
 The folder gets the DoRA tensors, decoder and head (``weights.safetensors``) and, unless ``with_backbone`` is off,
 the backbone weights in zsad's layout (``backbone.safetensors``: RADIO's, about 1.2 GB for ViT-L; timm's for
-DINOv2): score with ``--backbone radio:v2.5-l:DIR/backbone.safetensors`` (or
-``timm:vit_large_patch14_reg4_dinov2:DIR/backbone.safetensors``). Without it, the backbone comes from its own
-release (``radio:v2.5-l``: ``nvidia/RADIO-L``; timm's ``vit_large_patch14_reg4_dinov2.lvd142m``; CLIP always from
+DINOv2 and DINOv3): score with ``--backbone radio:v2.5-l:DIR/backbone.safetensors`` (or
+``timm:vit_large_patch14_reg4_dinov2.lvd142m:DIR/backbone.safetensors``, as the import prints). Without it, the
+backbone comes from its own release (``radio:v2.5-l``: ``nvidia/RADIO-L``; timm's
+``vit_large_patch14_reg4_dinov2.lvd142m`` / ``vit_large_patch16_dinov3_qkvb.lvd1689m``; CLIP always from
 ``ViT-L-14-336:openai``) in the Hugging Face cache; AnomalyVFM trains with the backbone frozen, so both are the same
 weights up to the precision they were stored in.
 """
@@ -37,6 +38,7 @@ from zsad.methods.vfm.official_vit import (
     Converted,
     convert_clip,
     convert_dinov2,
+    convert_dinov3,
     family_of_checkpoint,
 )
 
@@ -142,7 +144,7 @@ def convert_radio(net: dict, path: Path) -> Converted:
     return Converted(f"radio:{arch}" if arch != "tiny" else "radio:tiny:random", width, depth, dora, weights)
 
 
-_CONVERTERS = {"radio": convert_radio, "dinov2": convert_dinov2, "clip": convert_clip}
+_CONVERTERS = {"radio": convert_radio, "dinov2": convert_dinov2, "clip": convert_clip, "dinov3": convert_dinov3}
 
 
 def import_checkpoint(path: str | Path, out: str | Path, *, image_size: int | None = None, with_backbone: bool = True,

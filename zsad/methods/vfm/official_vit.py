@@ -1,4 +1,4 @@
-"""The DINOv2 and CLIP checkpoints of AnomalyVFM mapped onto zsad's timm and open_clip modules.
+"""The DINOv2, DINOv3 and CLIP checkpoints of AnomalyVFM mapped onto zsad's timm and open_clip modules.
 
 Official layouts (MaticFuc/AnomalyVFM; keys after the wrapper's ``net.``):
 
@@ -8,6 +8,9 @@ Official layouts (MaticFuc/AnomalyVFM; keys after the wrapper's ``net.``):
   and ``.proj`` wrapped (``.layer.weight`` + DoRA tensors). timm's own converter
   (``timm.models.vision_transformer.checkpoint_filter_fn``) turns the release layout into
   ``vit_*_patch14_reg4_dinov2``'s (the class position folded into the class token), so zsad stores timm's layout.
+- DINOv3 (``models/dinov3.py``: the hub's ``dinov3_vitl16``; the same ``add_peft``): the release layout
+  (``storage_tokens``, ``rope_embed.periods``, ``blocks.{i}.attn.qkv.{weight, bias, bias_mask}``, ``ls1.gamma`` …)
+  through timm's Eva converter onto ``vit_*_patch16_dinov3_qkvb`` (the k bias must be zero: :mod:`.families`).
 - CLIP (``models/clip.py``: Hugging Face ``CLIPVisionModel``; ``add_peft_clip`` wraps every ``q_proj``, ``v_proj``
   and ``out_proj``): ``embeddings.{class_embedding, patch_embedding, position_embedding}``, ``pre_layrnorm``,
   ``encoder.layers.{i}.{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1, mlp.fc2}``,
@@ -38,6 +41,9 @@ _CLIP_WRAPPED = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.(q_proj|v_proj|
 #: DINOv2 with registers in timm, by (width, depth); the tiny one is zsad's test model
 DINOV2_ARCHS = {(384, 12): "vit_small_patch14_reg4_dinov2.lvd142m", (768, 12): "vit_base_patch14_reg4_dinov2.lvd142m",
                 (1024, 24): "vit_large_patch14_reg4_dinov2.lvd142m", (1536, 40): "vit_giant_patch14_reg4_dinov2.lvd142m"}
+#: DINOv3 in timm (with q/v biases; the k part is zero), by (width, depth); the tiny one is zsad's test model
+DINOV3_ARCHS = {(192, 12): "vit_tiny_patch16_dinov3_qkvb", (384, 12): "vit_small_patch16_dinov3_qkvb.lvd1689m", (768, 12): "vit_base_patch16_dinov3_qkvb.lvd1689m",
+                (1024, 24): "vit_large_patch16_dinov3_qkvb.lvd1689m"}
 #: open_clip towers of the official CLIP (``openai/clip-vit-large-patch14-336``), by (width, depth, positions)
 CLIP_ARCHS = {(1024, 24, 577): "ViT-L-14-336:openai"}
 
@@ -145,6 +151,33 @@ def convert_dinov2(net: dict, path: Path) -> Converted:
     _strict_load(model, state, path, "DINOv2")
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     return Converted(name, width, depth, dora, weights)
+
+
+def convert_dinov3(net: dict, path: Path) -> Converted:
+    """A DINOv3 checkpoint (4 storage tokens, RoPE) onto timm's ``vit_*_patch16_dinov3_qkvb`` (Eva)."""
+    import timm
+    from timm.models.eva import checkpoint_filter_fn
+
+    from zsad.backbones.names import TIMM_PREFIX
+
+    base, dora = _dora_split(net, re.compile(r"^blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$"), path)
+    if "patch_embed.proj.weight" not in base:
+        raise AdapterError(f"{path}: a DINOv3 checkpoint without 'patch_embed.proj.weight'")
+    width = int(base["patch_embed.proj.weight"].shape[0])
+    depth = len({k.split(".")[1] for k in base if k.startswith("blocks.")})
+    arch = DINOV3_ARCHS.get((width, depth))
+    if arch is None or int(base.get("storage_tokens", torch.zeros(1, 0)).shape[1]) != 4:
+        raise AdapterError(f"{path}: a DINOv3 of width {width} and depth {depth} is none zsad knows (ViT-S/B/L/16 "
+                           f"with 4 storage tokens)")
+    for key, value in base.items():  # the official DoRA wrapper adds the unmasked bias; timm's k part is zero
+        if key.endswith("attn.qkv.bias") and bool(value.chunk(3)[1].abs().max() > 0):
+            raise AdapterError(f"{path}: {key!r} has a non-zero k part, which AnomalyVFM's DoRA wrapper applies "
+                               f"unmasked and timm's DINOv3 cannot hold")
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    state = checkpoint_filter_fn(dict(base), model)
+    _strict_load(model, state, path, "DINOv3")
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return Converted(f"{TIMM_PREFIX}{arch}", width, depth, dora, weights)
 
 
 def convert_clip(net: dict, path: Path) -> Converted:
