@@ -174,6 +174,24 @@ def test_reference_joint_mode_reports_repeats(batch, tmp_path):
     assert named and set(named) <= set(batch.indices("repeat"))
 
 
+@pytest.mark.parametrize("method", ["musc", "auto"])
+def test_repeats_flag_reaches_every_mutual_scorer(method):
+    """``--repeats`` of score and evaluate gets to the MuSc part of musc, auto and their reference-joint mode."""
+    from zsad.cli import build_parser
+    from zsad.cli.options import method_options
+
+    refs = make_batch(3, 0.0, kind="mesh", seed=7, oneoffs=0, size=64).images
+    for command in (["score", "x"], ["evaluate", "--data", "x"]):
+        args = build_parser().parse_args([*command, "--method", method, "--repeats", "report"])
+        options = method_options(args, method)
+        assert options["repeats"] == "report"
+    alone = zsad.create(method, **TINY, **options).method
+    joint = zsad.create(method, **TINY, references=refs, **options).method
+    assert (alone if method == "musc" else alone.musc).config.repeats == "report"
+    assert joint.musc.config.repeats == "report"
+    assert zsad.create(method, **TINY, references=refs).method.musc.config.repeats == "exclude"  # the default
+
+
 def test_describe_repeats_one_sentence_per_pattern():
     from zsad.methods.musc.repeats import describe_repeats
 
@@ -220,7 +238,14 @@ def test_score_summary_line_and_jsonl_rows(folder, tmp_path, batch):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     named = [r for r in records if r["extras"].get("repeat_pattern")]
     assert named and all("_repeat" in r["path"] for r in named)
-    assert f"{len(named)} of 20 images share a repeated anomaly at the top left (pattern R1)" in done.stderr
+    line = f"{len(named)} of 20 images share a repeated anomaly at the top left (pattern R1)"
+    assert line in done.stderr
+    # a resumed run with every row already written scores nothing, yet its summary still names the repeat
+    again = subprocess.run([sys.executable, "-m", "zsad", "score", str(folder), "--method", "musc", "--backbone",
+                            "tiny-random", "--image-size", "224", "--device", "cpu", "--no-maps", "-q", "--out",
+                            str(out), "--resume"], capture_output=True, text=True, timeout=300, env=_env())
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 scored" in again.stderr and line in again.stderr
 
 
 def test_grounded_answer_says_whether_the_defect_repeats(scored, batch):

@@ -73,6 +73,21 @@ def _reference_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _repeated(args: argparse.Namespace, keys: set[str]) -> list[str]:
+    """The repeated anomalies named in the finished results.jsonl rows of this run's inputs (``keys``): its own rows
+    and a resumed run's earlier ones (a group whose rows were all written before is not scored again, yet its
+    pattern is still there)."""
+    from pathlib import Path
+
+    from zsad.methods.musc.repeats import describe_repeats
+    from zsad.outputs import read_committed
+
+    rows = [r for r in read_committed(Path(args.out), repair=False).records
+            if r.get("file") in keys and (r.get("extras") or {}).get("repeat_pattern")]
+    return describe_repeats((os.path.dirname(r["file"]) if args.group_by == "folder" else "", r["extras"])
+                            for r in rows)
+
+
 def run(args: argparse.Namespace) -> int:
     from zsad.cli.options import process_group
 
@@ -116,7 +131,6 @@ def _score(args: argparse.Namespace, dist) -> int:
     runner = detector.runner(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, keep_images=not args.no_maps)
     runner.on_thresholds = _report if dist.is_main else None
     scored = anomalous = failed = 0
-    repeats: list = []
     outputs = RunOutputs(args.out, [s.key for s in sources], resume=args.resume, save_maps=not args.no_maps,
                          dist=dist)
     with outputs as writer:
@@ -136,27 +150,21 @@ def _score(args: argparse.Namespace, dist) -> int:
                     writer.write(source.key, outcome.result, outcome.image)
                     scored += 1
                     anomalous += int(outcome.result.pred_label)
-                    if outcome.result.extras.get("repeat_pattern"):  # a repeated anomaly (musc/auto)
-                        group = os.path.dirname(source.key) if args.group_by == "folder" else ""
-                        repeats.append((group, outcome.result.extras))
                 else:
                     print(f"zsad: WARNING: {source.label}: {outcome.error}", file=sys.stderr)
                     writer.write_error(source.key, source.label, outcome.error)
                     failed += 1
     final = outputs.final_state() if dist.active else writer.done
     errors = sum(1 for s in sources if not final.get(s.key, False))
-    totals = dist.all_gather_object((scored, anomalous, failed, repeats))
+    totals = dist.all_gather_object((scored, anomalous, failed))
     scored, anomalous, failed = (sum(t[i] for t in totals) for i in range(3))
-    from zsad.methods.musc.repeats import describe_repeats
-
-    repeated = describe_repeats(row for t in totals for row in t[3])
     seconds = time.perf_counter() - started
     if dist.is_main:
         ranks = f" on {dist.world_size} processes" if dist.active else ""
         print(f"zsad: {scored + failed} images: {scored} scored, {anomalous} anomalous, {failed} failed, "
               f"{seconds:.1f} s{ranks} -> {args.out}"
               + (f"; {errors} of {len(sources)} inputs have an error row" if errors else ""), file=sys.stderr)
-        for line in repeated:
+        for line in _repeated(args, {s.key for s in sources}):
             print(f"zsad: REPEATED ANOMALY: {line}: the same defect on many parts points to a systematic cause "
                   f"(tool, fixture); its rows carry repeat_pattern in results.jsonl", file=sys.stderr)
     return EXIT_SOME_FAILED if errors else EXIT_OK
