@@ -3,7 +3,7 @@ adapters (random ``lora_B``, magnitudes off the row norms: at initialisation DoR
 prove nothing).
 
     python evaluation/vfm_official.py --official PATH [--radio PATH] [--large] [--record tests/data/vfm_official.npz]
-                                      [--families radio,dinov2,clip --dinov2 PATH]
+                                      [--families radio,dinov2,clip,dinov3 --dinov2 PATH --dinov3 PATH]
 
 ``--official``: a checkout of MaticFuc/AnomalyVFM (its ``radio_local.py``, ``peft_local/``, ``decoder.py`` and
 ``models/radio.py`` are imported from there; nothing of it is copied). ``--radio``: a checkout of NVlabs/RADIO, to
@@ -235,15 +235,37 @@ def compare(config, official: Path, radio_repo: Path | None, tmp: Path, record: 
     return report
 
 
+def report_ok(report: dict) -> bool:
+    """Print one configuration's report; True when every comparison is within its tolerance (maps 1e-4, scores
+    1e-5, other checks 1e-5) and every control is large."""
+    ok = True
+    print(report["config"])
+    for label, value in report.items():
+        if label == "config":
+            continue
+        if isinstance(value, dict):
+            print(f"  {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in value.items()))
+            ok &= value["map"] <= MAP_TOL and value["map_at_size"] <= MAP_TOL and value["score"] <= SCORE_TOL \
+                and value["result_score"] <= SCORE_TOL
+        elif label.startswith("control"):
+            print(f"  {label}: {value:.1e} (must be large: the adapters change the model)")
+            ok &= value > 1e-3
+        else:
+            print(f"  {label}: {value:.1e}")
+            ok &= value <= 1e-5
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", required=True, type=Path, help="checkout of MaticFuc/AnomalyVFM")
     parser.add_argument("--radio", type=Path, default=None, help="checkout of NVlabs/RADIO (bilinear hub path)")
     parser.add_argument("--large", action="store_true", help="also RADIO v2.5-L at 768 px (slow on a CPU)")
     parser.add_argument("--record", type=Path, default=None, help="write the tiny configuration's official outputs")
-    parser.add_argument("--families", default="radio", help="radio, dinov2, clip (comma-separated; the last two "
+    parser.add_argument("--families", default="radio", help="radio, dinov2, clip, dinov3 (comma-separated; the others "
                         "through evaluation/vfm_official_vit.py, recording into --record's folder)")
     parser.add_argument("--dinov2", type=Path, default=None, help="checkout of facebookresearch/dinov2 (dinov2)")
+    parser.add_argument("--dinov3", type=Path, default=None, help="checkout of facebookresearch/dinov3 (dinov3)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     families = args.families.split(",")
@@ -254,24 +276,14 @@ def main() -> None:
 
         if "dinov2" in others and args.dinov2 is None:
             parser.error("--families dinov2 needs --dinov2 PATH")
-        ok &= run(args.official, args.dinov2 or Path("."), others, args.record.parent if args.record else None)
+        if "dinov3" in others and args.dinov3 is None:
+            parser.error("--families dinov3 needs --dinov3 PATH")
+        ok &= run(args.official, args.dinov2 or Path("."), others, args.record.parent if args.record else None,
+                  args.dinov3)
     for config in [TINY, *([LARGE] if args.large else [])] if "radio" in families else []:
         with tempfile.TemporaryDirectory(prefix="vfm-official-") as tmp:
             report = compare(config, args.official, args.radio, Path(tmp), args.record if config is TINY else None)
-        print(report["config"])
-        for label, value in report.items():
-            if label == "config":
-                continue
-            if isinstance(value, dict):
-                print(f"  {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in value.items()))
-                ok &= value["map"] <= MAP_TOL and value["map_at_size"] <= MAP_TOL and value["score"] <= SCORE_TOL \
-                    and value["result_score"] <= SCORE_TOL
-            elif label.startswith("control"):
-                print(f"  {label}: {value:.1e} (must be large: the adapters change the model)")
-                ok &= value > 1e-3
-            else:
-                print(f"  {label}: {value:.1e}")
-                ok &= value <= 1e-5
+        ok &= report_ok(report)
     print("EQUAL within maps 1e-4, scores 1e-5" if ok else "DIFFERENT")
     sys.exit(0 if ok else 1)
 

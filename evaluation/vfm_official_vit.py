@@ -32,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anomalydino_official import seeded_dinov2_state  # noqa: E402
 
-MAP_TOL, SCORE_TOL = 1e-4, 1e-5
 SIZE, RANK, NATIVE, WIDTH, DEPTH, HEADS = 280, 8, 224, 64, 6, 4
 #: DINOv3: timm's smallest DINOv3-style ViT (T/16: width 192, 12 blocks, 3 heads), at 128 px (rotary positions)
 D3_SIZE, D3_WIDTH, D3_DEPTH, D3_HEADS = 128, 192, 12, 3
@@ -71,38 +69,18 @@ def dinov2_release_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def dinov3_release_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """DINOv3 T/16-sized weights in the official release layout (``dinov3_vitl16``'s keys: 4 storage tokens, RoPE
-    periods, ``LinearKMaskedBias`` with its mask, LayerScale), drawn from one seeded generator; the k part of each
-    qkv bias is zero, as in the released ViT-L/16 (see ``zsad.methods.vfm.families``)."""
-    gen = torch.Generator().manual_seed(seed)
-    dim, heads, hidden = D3_WIDTH, D3_HEADS, 4 * D3_WIDTH
-
-    def normal(*shape: int, std: float, mean: float = 0.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * std + mean
-
-    head = dim // heads  # the official RoPE periods (rope_position_encoding.py, base 100)
-    state = {"cls_token": normal(1, 1, dim, std=0.5), "storage_tokens": normal(1, 4, dim, std=0.5),
-             "mask_token": torch.zeros(1, dim),
-             "rope_embed.periods": 100.0 ** (2 * torch.arange(head // 4, dtype=torch.float32) / (head // 2)),
-             "patch_embed.proj.weight": normal(dim, 3, 16, 16, std=(3 * 256) ** -0.5),
-             "patch_embed.proj.bias": normal(dim, std=0.02)}
+    """DINOv3 T/16-sized weights in the official release layout (``dinov3_vitl16``'s keys): the blocks drawn as
+    AnomalyDINO's seeded DINOv2 state (the same block names), plus 4 storage tokens, the RoPE periods (base 100,
+    ``rope_position_encoding.py``) and each ``LinearKMaskedBias``'s mask; the k part of each qkv bias is zero, as in
+    the released ViT-L/16 (see ``zsad.methods.vfm.families``)."""
+    dim, head = D3_WIDTH, D3_WIDTH // D3_HEADS
+    state = seeded_dinov2_state(seed, depth=D3_DEPTH, dim=dim, patch=16, native=224)
+    del state["pos_embed"]
+    state["storage_tokens"] = torch.randn(1, 4, dim, generator=torch.Generator().manual_seed(seed + 1)) * 0.5
+    state["rope_embed.periods"] = 100.0 ** (2 * torch.arange(head // 4, dtype=torch.float32) / (head // 2))
     for b in range(D3_DEPTH):
-        p = f"blocks.{b}."
-        qkv_bias = normal(3 * dim, std=0.02)
-        qkv_bias[dim:2 * dim] = 0
-        state.update({
-            p + "norm1.weight": normal(dim, std=0.1, mean=1.0), p + "norm1.bias": normal(dim, std=0.1),
-            p + "attn.qkv.weight": normal(3 * dim, dim, std=dim ** -0.5), p + "attn.qkv.bias": qkv_bias,
-            p + "attn.qkv.bias_mask": torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)]),
-            p + "attn.proj.weight": normal(dim, dim, std=dim ** -0.5), p + "attn.proj.bias": normal(dim, std=0.02),
-            p + "ls1.gamma": normal(dim, std=0.05, mean=0.5),
-            p + "norm2.weight": normal(dim, std=0.1, mean=1.0), p + "norm2.bias": normal(dim, std=0.1),
-            p + "mlp.fc1.weight": normal(hidden, dim, std=dim ** -0.5), p + "mlp.fc1.bias": normal(hidden, std=0.02),
-            p + "mlp.fc2.weight": normal(dim, hidden, std=hidden ** -0.5), p + "mlp.fc2.bias": normal(dim, std=0.02),
-            p + "ls2.gamma": normal(dim, std=0.05, mean=0.5),
-        })
-    state["norm.weight"] = normal(dim, std=0.1, mean=1.0)
-    state["norm.bias"] = normal(dim, std=0.1)
+        state[f"blocks.{b}.attn.qkv.bias"][dim:2 * dim] = 0
+        state[f"blocks.{b}.attn.qkv.bias_mask"] = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
     return state
 
 
@@ -266,27 +244,10 @@ def load_trained_parts(wrapper, mods, family: str, modules) -> tuple:
     return wrapper.eval(), decoder.eval(), predictor.eval()
 
 
-@torch.no_grad()
-def official_outputs(wrapper, decoder, predictor, pil, size: int, kernel: int = 5) -> dict:
-    """``test.py``'s ``test_category`` on CPU in fp32, per image; the map resized to the image (anomalib)."""
-    transform = wrapper.get_img_transform()
-    x = torch.stack([transform(img.convert("RGB")) for img in pil])
-    summary, ftrs = wrapper(x)
-    grid = size // wrapper.patch_size
-    spatial = ftrs.permute(0, 2, 1).reshape(x.shape[0], -1, grid, grid)
-    mask, _ = decoder(spatial)
-    score = predictor(summary).squeeze(1).sigmoid()
-    pooled = torch.nn.AvgPool2d((kernel, kernel), 1, kernel // 2)(mask.sigmoid().squeeze(1))
-    at_size = [F.interpolate(pooled[i][None, None], size=(img.size[1], img.size[0]), mode="bilinear",
-                             align_corners=False)[0, 0] for i, img in enumerate(pil)]
-    return {"input": x, "summary": summary, "spatial": spatial, "logits": mask, "map": pooled, "score": score,
-            "at_size": at_size}
-
-
 def compare_family(family: str, official: Path, dinov2: Path, tmp: Path, record: Path | None,
                    dinov3: Path | None = None) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
-    from vfm_official import differences, write_layouts, zsad_outputs
+    from vfm_official import differences, official_outputs, write_layouts, zsad_outputs
 
     import zsad
     from zsad.adapters import read_adapter_config
@@ -329,23 +290,9 @@ def compare_family(family: str, official: Path, dinov2: Path, tmp: Path, record:
     return report
 
 
-def report_ok(report: dict) -> bool:
-    ok = True
-    print(report["config"])
-    for label, value in report.items():
-        if label == "config":
-            continue
-        if isinstance(value, dict):
-            print(f"  {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in value.items()))
-            ok &= value["map"] <= MAP_TOL and value["map_at_size"] <= MAP_TOL and value["score"] <= SCORE_TOL \
-                and value["result_score"] <= SCORE_TOL
-        else:
-            print(f"  {label}: {value:.1e} (must be large: the adapters change the model)")
-            ok &= value > 1e-3
-    return ok
-
-
 def run(official: Path, dinov2: Path, families: list[str], record: Path | None, dinov3: Path | None = None) -> bool:
+    from vfm_official import report_ok
+
     torch.set_grad_enabled(False)
     ok = True
     for family in families:

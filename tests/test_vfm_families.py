@@ -86,6 +86,7 @@ def test_the_family_sets_the_official_input_size(official, tmp_path):
     assert read_adapter_config(out)["image_size"] == (768 if family == "dinov3" else 672)
 
 
+@pytest.mark.parametrize("official", ["dinov2", "clip"], indirect=True)  # DINOv3's own refusal: below
 def test_checkpoints_that_do_not_fit_are_refused_in_one_line(official, tmp_path, capsys):
     from zsad.cli import main
     from zsad.methods.vfm.official import import_checkpoint
@@ -117,13 +118,30 @@ def test_siglip2_is_refused_with_the_reason(tmp_path):
         import_checkpoint(path, tmp_path / "out")
 
 
-def test_a_dinov3_k_bias_timm_cannot_hold_is_refused(tmp_path):
-    from zsad.methods.vfm.adapter import random_modules
+@pytest.mark.parametrize("official", ["dinov3"], indirect=True)
+def test_a_dinov3_k_bias_timm_cannot_hold_is_refused(official, tmp_path):
     from zsad.methods.vfm.official import import_checkpoint
 
-    state = official_state("dinov3", random_modules(zsad_backbone("dinov3", tmp_path), seed=1, rank=RANK))
+    _, _, state, _ = official
+    state = {**state, "model_state_dict": dict(state["model_state_dict"])}
     key = "net.blocks.3.attn.qkv.layer.bias"
     state["model_state_dict"][key] = state["model_state_dict"][key] + 0.01
     torch.save(state, tmp_path / "model.pkl")
     with pytest.raises(AdapterError, match="non-zero k part"):
         import_checkpoint(tmp_path / "model.pkl", tmp_path / "out")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_released_backbone_missing_fails_fast_with_one_line(family, tmp_path, monkeypatch):
+    from zsad.errors import WeightsNotFoundError
+    from zsad.methods.vfm.families import FAMILIES as OFFICIAL
+    from zsad.methods.vfm.method import VfmMethod
+
+    name = OFFICIAL[family].backbone
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError) as info:
+        zsad.create("vfm", backbone=name, image_size=OFFICIAL[family].image_size, device="cpu",
+                    cache_dir=str(tmp_path), adapter=str(tmp_path / "never-read"))
+    text = str(info.value)
+    assert "\n" not in text and name.split(":")[1] in text
+    assert VfmMethod.pos_interpolation_for(name) == OFFICIAL[family].pos_interpolation

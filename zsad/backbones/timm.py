@@ -45,6 +45,8 @@ KNOWN_TIMM_BACKBONES: tuple[tuple[str, str], ...] = (
     ("timm:vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14, faster"),
     ("timm:vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14, fastest"),
     ("timm:vit_large_patch16_dinov3.lvd1689m", "DINOv3 ViT-L/16 (patch 16: use --image-size 512)"),
+    ("timm:vit_large_patch14_reg4_dinov2.lvd142m", "DINOv2 ViT-L/14 with registers (AnomalyVFM's DINOv2, 672 px)"),
+    ("timm:vit_large_patch16_dinov3_qkvb.lvd1689m", "DINOv3 ViT-L/16 with q/v biases (AnomalyVFM's DINOv3, 768 px)"),
     ("timm:vit_large_patch14_dinov2.lvd142m:random", "DINOv2-L architecture, random weights (speed benchmarks)"),
     (f"{TIMM_PREFIX}{TINY_DINO}:random", "tiny random DINOv2-style model (tests and smoke runs)"),
 )

@@ -92,19 +92,22 @@ class VfmModules(nn.Module):
     def from_tensors(cls, settings: VfmSettings, tensors: dict[str, torch.Tensor], where: str) -> VfmModules:
         """Rebuild from stored tensors; a missing, extra or misshapen tensor is one AdapterError."""
         modules = cls(settings)
-        own = modules.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        extra = sorted(set(tensors) - set(own))
-        if missing or extra:
-            what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-            raise AdapterError(f"{where}: the tensors do not match adapter.json ({len(missing)} missing, {len(extra)} "
-                               f"unexpected; {what})")
-        for name, value in tensors.items():
-            if tuple(value.shape) != tuple(own[name].shape):
-                raise AdapterError(f"{where}: tensor {name!r} has shape {tuple(value.shape)}, adapter.json implies "
-                                   f"{tuple(own[name].shape)}")
+        check_tensors(modules.state_dict(), tensors, where, "the tensors of adapter.json's modules")
         modules.load_state_dict({k: v.float() for k, v in tensors.items()})
         return modules
+
+
+def check_tensors(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], where: str, what: str) -> None:
+    """``given`` has exactly ``own``'s keys and shapes; else one AdapterError naming the first misfit."""
+    missing = sorted(set(own) - set(given))
+    extra = sorted(set(given) - set(own))
+    if missing or extra:
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise AdapterError(f"{where}: {what} do not fit ({len(missing)} missing, {len(extra)} unexpected; {first})")
+    for name, value in given.items():
+        if tuple(value.shape) != tuple(own[name].shape):
+            raise AdapterError(f"{where}: tensor {name!r} has shape {tuple(value.shape)}, {what} need "
+                               f"{tuple(own[name].shape)}")
 
 
 def random_modules(backbone: Backbone, seed: int = 0, rank: int = DEFAULT_RANK) -> VfmModules:

@@ -33,16 +33,15 @@ from zsad.fileio import atomic_dir
 from zsad.methods.vfm.adapter import BACKBONE_WEIGHTS, KIND, VfmModules, VfmSettings
 from zsad.methods.vfm.families import FAMILIES, UNMAPPED
 from zsad.methods.vfm.official_vit import (
-    DORA_PROJ,
-    DORA_QKV,
+    TIMM_DORA,
     Converted,
     convert_clip,
     convert_dinov2,
     convert_dinov3,
     family_of_checkpoint,
+    split_wrapped,
 )
 
-_DORA_QKV, _DORA_PROJ = DORA_QKV, DORA_PROJ
 _WRAPPED = re.compile(r"^model\.blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$")
 
 
@@ -86,27 +85,7 @@ def _split(state: dict, prefixes: dict[str, str], path: Path) -> dict[str, dict]
 
 def split_adapters(net: dict, path: Path) -> tuple[dict, dict]:
     """The wrapper's tensors as (plain RADIO tensors in the official layout, zsad's ``dora.blocks.…`` tensors)."""
-    base: dict = {}
-    dora: dict = {}
-    for key, value in net.items():
-        found = _WRAPPED.match(key)
-        if not found:
-            base[key] = value
-            continue
-        block, which, rest = found.groups()
-        if rest.startswith("layer."):
-            base[f"model.blocks.{block}.attn.{which}.{rest[len('layer.'):]}"] = value
-        elif rest in (_DORA_QKV if which == "qkv" else _DORA_PROJ):
-            dora[f"dora.blocks.{block}.{which}.{rest}"] = value
-        elif rest in ("weight", "bias"):
-            raise AdapterError(f"{path}: {key!r} is not wrapped by an adapter: a checkpoint without DoRA (zsad "
-                               f"imports AnomalyVFM's DoRA checkpoints only)")
-        else:
-            raise AdapterError(f"{path}: unexpected adapter tensor {key!r} (zsad imports DoRA; LoRA and VPT "
-                               f"checkpoints are not supported)")
-    if not dora:
-        raise AdapterError(f"{path}: no DoRA tensors found (lora_A_q ... magnitude)")
-    return base, dora
+    return split_wrapped(net, _WRAPPED, TIMM_DORA, path)
 
 
 def _arch(width: int, depth: int, path: Path) -> str:

@@ -30,14 +30,12 @@ import torch
 
 from zsad.backbones.names import TINY_RANDOM
 from zsad.errors import AdapterError
+from zsad.methods.vfm.adapter import check_tensors
 
 DORA_QKV = ("lora_A_q", "lora_B_q", "lora_A_v", "lora_B_v", "mag_q", "mag_v")
 DORA_PROJ = ("lora_A", "lora_B", "magnitude")
-#: a Hugging Face DoRA-wrapped linear's tensors -> zsad's (q_proj / v_proj go to the fused qkv's adapters)
-_CLIP_DORA = {"q_proj": ("qkv", {"lora_A": "lora_A_q", "lora_B": "lora_B_q", "magnitude": "mag_q"}),
-              "v_proj": ("qkv", {"lora_A": "lora_A_v", "lora_B": "lora_B_v", "magnitude": "mag_v"}),
-              "out_proj": ("proj", {"lora_A": "lora_A", "lora_B": "lora_B", "magnitude": "magnitude"})}
 _CLIP_WRAPPED = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.(q_proj|v_proj|out_proj)\.(.+)$")
+_TIMM_WRAPPED = re.compile(r"^blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$")
 #: DINOv2 with registers in timm, by (width, depth); the tiny one is zsad's test model
 DINOV2_ARCHS = {(384, 12): "vit_small_patch14_reg4_dinov2.lvd142m", (768, 12): "vit_base_patch14_reg4_dinov2.lvd142m",
                 (1024, 24): "vit_large_patch14_reg4_dinov2.lvd142m", (1536, 40): "vit_giant_patch14_reg4_dinov2.lvd142m"}
@@ -75,9 +73,18 @@ def family_of_checkpoint(net: dict[str, torch.Tensor]) -> str:
     raise AdapterError(f"not an AnomalyVFM checkpoint of a backbone zsad knows (first key {sorted(keys)[0]!r})")
 
 
-def _dora_split(net: dict, pattern: re.Pattern, path: Path) -> tuple[dict, dict]:
-    """(unwrapped backbone tensors, zsad ``dora.blocks.…`` tensors) of a checkpoint whose wrapped linears match
-    ``pattern`` (block, which, rest) with ``which`` in qkv / proj."""
+#: official wrapped-linear name -> {official adapter tensor: (zsad target, zsad tensor)}
+TIMM_DORA = {"qkv": {n: ("qkv", n) for n in DORA_QKV}, "proj": {n: ("proj", n) for n in DORA_PROJ}}
+CLIP_DORA = {"q_proj": {"lora_A": ("qkv", "lora_A_q"), "lora_B": ("qkv", "lora_B_q"), "magnitude": ("qkv", "mag_q")},
+             "v_proj": {"lora_A": ("qkv", "lora_A_v"), "lora_B": ("qkv", "lora_B_v"), "magnitude": ("qkv", "mag_v")},
+             "out_proj": {n: ("proj", n) for n in DORA_PROJ}}
+
+
+def split_wrapped(net: dict, pattern: re.Pattern, names: dict[str, dict[str, tuple[str, str]]],
+                  path: Path) -> tuple[dict, dict]:
+    """(unwrapped backbone tensors, zsad ``dora.blocks.…`` tensors) of a checkpoint whose DoRA-wrapped linears match
+    ``pattern`` as (block, wrapped linear, rest): ``rest`` is ``layer.*`` (the frozen tensor, unwrapped) or an adapter
+    tensor named in ``names``."""
     base: dict = {}
     dora: dict = {}
     for key, value in net.items():
@@ -88,8 +95,9 @@ def _dora_split(net: dict, pattern: re.Pattern, path: Path) -> tuple[dict, dict]
         block, which, rest = found.groups()
         if rest.startswith("layer."):
             base[key[:len(key) - len(rest)] + rest[len("layer."):]] = value
-        elif rest in (DORA_QKV if which == "qkv" else DORA_PROJ):
-            dora[f"dora.blocks.{block}.{which}.{rest}"] = value
+        elif rest in names[which]:
+            target, name = names[which][rest]
+            dora[f"dora.blocks.{block}.{target}.{name}"] = value
         elif rest in ("weight", "bias"):
             raise AdapterError(f"{path}: {key!r} is not wrapped by an adapter: a checkpoint without DoRA (zsad "
                                f"imports AnomalyVFM's DoRA checkpoints only)")
@@ -103,17 +111,7 @@ def _dora_split(net: dict, pattern: re.Pattern, path: Path) -> tuple[dict, dict]
 
 def _strict_load(model: torch.nn.Module, state: dict, path: Path, what: str, *, load: bool = True) -> None:
     """Every key and shape of ``state`` against ``model``'s, then (``load``) the values into it."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        which = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise AdapterError(f"{path}: the {what} tensors do not fit ({len(missing)} missing, {len(extra)} unexpected; "
-                           f"{which})")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise AdapterError(f"{path}: {what} tensor {key!r} has shape {tuple(value.shape)}, expected "
-                               f"{tuple(own[key].shape)}")
+    check_tensors(model.state_dict(), state, str(path), f"the {what} tensors")
     if load:
         model.load_state_dict({k: v.float() for k, v in state.items()})
 
@@ -126,7 +124,7 @@ def convert_dinov2(net: dict, path: Path) -> Converted:
     from zsad.backbones.names import TIMM_PREFIX, TINY_DINO
     from zsad.backbones.tiny_dino import build_tiny_dino
 
-    base, dora = _dora_split(net, re.compile(r"^blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$"), path)
+    base, dora = split_wrapped(net, _TIMM_WRAPPED, TIMM_DORA, path)
     for needed in ("patch_embed.proj.weight", "register_tokens"):
         if needed not in base:
             raise AdapterError(f"{path}: a DINOv2 checkpoint without {needed!r} (the official backbone is "
@@ -160,7 +158,7 @@ def convert_dinov3(net: dict, path: Path) -> Converted:
 
     from zsad.backbones.names import TIMM_PREFIX
 
-    base, dora = _dora_split(net, re.compile(r"^blocks\.(\d+)\.attn\.(qkv|proj)\.(.+)$"), path)
+    base, dora = split_wrapped(net, _TIMM_WRAPPED, TIMM_DORA, path)
     if "patch_embed.proj.weight" not in base:
         raise AdapterError(f"{path}: a DINOv3 checkpoint without 'patch_embed.proj.weight'")
     width = int(base["patch_embed.proj.weight"].shape[0])
@@ -182,27 +180,7 @@ def convert_dinov3(net: dict, path: Path) -> Converted:
 
 def convert_clip(net: dict, path: Path) -> Converted:
     """A Hugging Face CLIP vision-tower checkpoint onto open_clip's tower (checked, not stored)."""
-    base: dict = {}
-    dora: dict = {}
-    for key, value in net.items():
-        found = _CLIP_WRAPPED.match(key)
-        if not found:
-            base[key] = value
-            continue
-        block, which, rest = found.groups()
-        target, names = _CLIP_DORA[which]
-        if rest.startswith("layer."):
-            base[key[:len(key) - len(rest)] + rest[len("layer."):]] = value
-        elif rest in names:
-            dora[f"dora.blocks.{block}.{target}.{names[rest]}"] = value
-        elif rest in ("weight", "bias"):
-            raise AdapterError(f"{path}: {key!r} is not wrapped by an adapter: a checkpoint without DoRA (zsad "
-                               f"imports AnomalyVFM's DoRA checkpoints only)")
-        else:
-            raise AdapterError(f"{path}: unexpected adapter tensor {key!r} (zsad imports DoRA; LoRA and VPT "
-                               f"checkpoints are not supported)")
-    if not dora:
-        raise AdapterError(f"{path}: no DoRA tensors found (lora_A, lora_B, magnitude on q_proj, v_proj, out_proj)")
+    base, dora = split_wrapped(net, _CLIP_WRAPPED, CLIP_DORA, path)
     visual = hf_clip_to_open_clip(base, path)
     width = int(visual["conv1.weight"].shape[0])
     depth = len({k.split(".")[2] for k in visual if k.startswith("transformer.resblocks.")})
