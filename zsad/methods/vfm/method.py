@@ -15,9 +15,11 @@ the backbone's weights once (:func:`~zsad.methods.vfm.dora.fold`), so the forwar
 ``bicubic``, ``radio_local.py`` of the Hugging Face release and anomalib). On CUDA ``--precision auto`` is fp16
 autocast, as ``test.py``; the sigmoid, filter and resize run in fp32.
 
-Other backbones: on a timm DINOv2/DINOv3 the summary is the final normed class token and the features the normed
-patch tokens, on an open_clip CLIP the class token and patch tokens of the last block before ``ln_post`` (the
-official ``models/dinov2.py``, ``models/clip.py``).
+Other backbones (:mod:`~zsad.methods.vfm.families`): on a timm DINOv2/DINOv3 the summary is the final normed class
+token and the features the normed patch tokens, on an open_clip CLIP the class token and patch tokens of the last
+block before ``ln_post`` (the official ``models/dinov2.py``, ``dinov3.py``, ``clip.py``); every family's images are
+squash-resized bilinearly and its position table resized as its official model does (``pos_interpolation_for``).
+On CPU in fp32 the folded backbone's linear layers run on oneDNN (``onednn``, :mod:`zsad.backbones.cpu_linear`).
 """
 
 from __future__ import annotations
