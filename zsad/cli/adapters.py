@@ -92,10 +92,10 @@ def add_adapters_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     vfm.add_argument("checkpoint", metavar="FILE")
     vfm.add_argument("--out", required=True, metavar="DIR", help="adapter folder to write")
     vfm.add_argument("--image-size", type=int, default=None,
-                     help="training image size (default the family's official one: 768 RADIO, 672 DINOv2 and CLIP)")
+                     help="training image size (default the family's official one: 768 RADIO and DINOv3, 672 DINOv2 and CLIP)")
     vfm.add_argument("--no-backbone", action="store_true",
                      help="do not store the checkpoint's backbone weights (DIR/backbone.safetensors, ~1.2 GB); the "
-                          "backbone then comes from its own release (radio:v2.5-l, timm's DINOv2; CLIP always)")
+                          "backbone then comes from its own release (radio:v2.5-l, timm's DINOv2 and DINOv3; CLIP always)")
     vfm.add_argument("--trained-on", default=None, help="what it was trained on (recorded in adapter.json)")
     vfm.set_defaults(func=cmd_import_anomalyvfm)
 

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="adapter folder to write, e.g. adapters/vfm-radio")
     p.add_argument("--backbone", default=d.backbone, help=f"backbone (default {d.backbone}, the published one)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input size (default the family's official one: 768 for RADIO, 672 for DINOv2 and CLIP)")
+                   help="input size (default the family's official one: 768 for RADIO and DINOv3, 672 for DINOv2 and CLIP)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimiser steps (default the family's official ones: 200 for RADIO, 500 otherwise)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")

@@ -76,7 +76,7 @@ class VfmTrainConfig:
     split: str = "all"
     categories: tuple[str, ...] | None = None
     backbone: str = "radio:v2.5-l"
-    image_size: int | None = None  # None: the family's official size (768 RADIO, 672 DINOv2 and CLIP)
+    image_size: int | None = None  # None: the family's official size (768 RADIO and DINOv3, 672 DINOv2 and CLIP)
     steps: int | None = None  # None: the family's official steps (200 for RADIO, 500 for DINOv2 and CLIP)
     batch_size: int = 32
     accumulation: int = 4
