@@ -153,10 +153,11 @@ class StaticQuantizer:
 
         import onnx
 
-        fresh = onnx.ModelProto()
-        fresh.CopyFrom(model)  # quantize_static moves the tensors of the model it gets to external files it deletes
+        source = self.cache.with_name("smoothed.onnx")
+        if not source.is_file():  # one file read by every trial: no in-memory copies of a ViT-L sized graph
+            onnx.save(model, str(source))
         with _quiet_quantiser():
-            quantize_static(fresh, out, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+            quantize_static(source, out, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=list(exclude), calibration_cache_path=self.cache,
                             extra_options={})
