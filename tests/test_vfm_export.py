@@ -86,3 +86,27 @@ def test_an_export_is_refused_for_another_adapter(exported, tmp_path):
     with pytest.raises(UsageError, match="image size"):
         zsad.create("vfm", backbone=BACKBONE, image_size=96, runtime="onnx", export=out)
     assert torch.is_grad_enabled()
+
+
+def test_a_clip_backbone_export_resizes_as_the_method(tmp_path):
+    """vfm squash-resizes bilinearly on every family (the official transforms), while zsad's CLIP backbones resize
+    bicubically: the export must record the method's resize, so ONNX Runtime scores non-square images as PyTorch."""
+    from zsad.backbones import load_backbone
+    from zsad.backbones.export_folder import read_manifest
+    from zsad.cli import main
+    from zsad.methods.vfm.adapter import random_modules, save_vfm_adapter
+
+    clip, size = "tiny-random", 56  # patch 14
+    backbone = load_backbone(clip, image_size=size, warn_random=False)
+    adapter = str(save_vfm_adapter(tmp_path / "adapter", random_modules(backbone, seed=3, rank=4)))
+    out = tmp_path / "export"
+    assert main(["export", "--method", "vfm", "--backbone", clip, "--image-size", str(size), "--adapter", adapter,
+                 "--out", str(out), "--check-images", "2"]) == 0
+    assert read_manifest(out)[1].facts.resize == "bilinear"
+    images = _images(1)
+    torch_results = zsad.create("vfm", backbone=clip, image_size=size, device="cpu", precision="fp32",
+                                adapter=adapter, warn_random=False).score(images)
+    fp32 = zsad.create("vfm", backbone=clip, image_size=size, runtime="onnx", export=out).score(images)
+    for a, b in zip(torch_results, fp32):
+        assert abs(a.image_score - b.image_score) <= 1e-5
+        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, atol=1e-4)

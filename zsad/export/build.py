@@ -109,11 +109,12 @@ def export(request: ExportRequest) -> Manifest:
         else record_token_call(backbone, method, backbone.preprocess(checks.images[:1]))
     reference = fidelity.raw_outputs(method, checks.images)
     visual = getattr(backbone.model, "visual", None)
+    own = method.backbone  # the method's own copy: vfm folds its adapters in and resizes as its official code
     facts = GraphFacts(num_layers=backbone.num_layers, width=backbone.width, embed_dim=backbone.embed_dim,
                        patch_size=backbone.patch_size, image_size=backbone.image_size,
-                       activation=getattr(backbone, "activation", None), pos_interpolation=backbone.pos_interpolation,
+                       activation=getattr(backbone, "activation", None), pos_interpolation=own.pos_interpolation,
                        mean=tuple(backbone.mean.view(-1).tolist()), std=tuple(backbone.std.view(-1).tolist()),
-                       resize="bilinear" if backbone.resize_filter == Image.BILINEAR else "bicubic",
+                       resize="bilinear" if own.resize_filter == Image.BILINEAR else "bicubic",
                        **({"ln_eps": float(visual.ln_post.eps)} if visual is not None else {}))
     tensors = {}
     if visual is not None:
