@@ -43,6 +43,8 @@ from tqdm import tqdm
 
 import zsad
 from zsad.methods.musc import MuscFeatures, concat_features
+from zsad.methods.musc import repeats as repeats_module
+from zsad.methods.musc.burnout import BurnoutCurves
 from zsad.methods.musc.msm import musc_patch_scores
 from zsad.methods.musc.repeats import repeat_aware_scores
 
@@ -190,10 +192,43 @@ def _best(fn, repeat: int):
     return best, out
 
 
+class _Stages:
+    """Times the stages inside one :func:`repeat_aware_scores` call: the mutual scoring it runs (less the burnout
+    tables' additions) and everything repeat detection adds (those additions, the curves, candidates, their rows,
+    the re-scoring). Measured within the same call, so the ratio holds on a machine whose load drifts."""
+
+    def __init__(self) -> None:
+        self.msm = self.add = 0.0
+
+    def __enter__(self) -> _Stages:
+        self._saved = repeats_module.musc_patch_scores, BurnoutCurves.add
+        msm, add = self._saved
+
+        def timed_msm(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return msm(*a, **kw)
+            finally:
+                self.msm += time.perf_counter() - start
+
+        def timed_add(curves, table):
+            start = time.perf_counter()
+            try:
+                return add(curves, table)
+            finally:
+                self.add += time.perf_counter() - start
+
+        repeats_module.musc_patch_scores, BurnoutCurves.add = timed_msm, timed_add
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        repeats_module.musc_patch_scores, BurnoutCurves.add = self._saved
+
+
 def timing(args, method, size: int) -> None:
     """Print the timing table, a row as soon as it is measured (long at N = 200 on a loaded CPU)."""
-    print("\n| N | batch | mutual scoring (s) | repeat-aware (s) | extra | patterns |\n|---|---|---|---|---|---|",
-          flush=True)
+    print("\n| N | batch | mutual scoring (s) | repeat-aware (s) | extra | patterns | inside one call: mutual "
+          "scoring s / repeat detection s (extra) |\n|---|---|---|---|---|---|---|", flush=True)
     cfg = method.config
     for n in tqdm(args.timing, desc="timing", file=sys.stderr):
         for fraction in (0.25, 0.0):
@@ -202,13 +237,17 @@ def timing(args, method, size: int) -> None:
             kw = dict(rs=cfg.rs, top_fraction=cfg.top_fraction, block=cfg.block, device=method.device)
             musc_patch_scores(layers[:1], **kw)  # warm-up (threads, allocator)
             plain = aware = float("inf")
+            inside: list[tuple[float, float]] = []
             for _ in range(args.timing_repeat):  # interleaved: a shared machine's load changes hit both alike
                 plain = min(plain, _best(functools.partial(musc_patch_scores, layers, **kw), 1)[0])
-                seconds, found = _best(functools.partial(repeat_aware_scores, layers, mode="exclude", **kw), 1)
+                with _Stages() as stages:
+                    seconds, found = _best(functools.partial(repeat_aware_scores, layers, mode="exclude", **kw), 1)
                 aware = min(aware, seconds)
+                inside.append((stages.msm - stages.add, seconds - stages.msm + stages.add))
             patterns = len(found.findings.patterns)
+            mutual, extra = min(inside, key=lambda pair: pair[1] / pair[0])
             print(f"| {n} | {fraction:.0%} repeats | {plain:.2f} | {aware:.2f} | {(aware - plain) / plain:+.1%} | "
-                  f"{patterns} |", flush=True)
+                  f"{patterns} | {mutual:.2f} / {extra:.2f} ({extra / mutual:+.1%}) |", flush=True)
 
 
 def main() -> None:
