@@ -17,7 +17,8 @@ the default repeat-aware scoring (``repeats="exclude"``). Reported, mean and spr
   scored by exact MuSc, the AUROC of that one image against the good ones (image: the share of good images it
   outscores; pixel: its and the good images' pixels), averaged over up to ``--singletons`` carriers;
 - patterns found, and false ones (a pattern whose members are not mostly the repeated defect's images; on a
-  batch without repeats every pattern is false).
+  batch without repeats every pattern is false), carriers named, and other images (good or one-off) taken into a
+  pattern.
 
 Timing (``--timing``): the scoring stage alone on precomputed features of a batch with 25 % repeats and of one
 without: exact MuSc (:func:`musc_patch_scores`) against the repeat-aware scoring (:func:`repeat_aware_scores`,
@@ -135,6 +136,7 @@ def evaluate(args, methods: dict, size: int) -> list[dict]:
             row[f"{mode}_patterns"] = len(scored.patterns)
             row[f"{mode}_false"] = false_patterns(batch, scored.patterns)
             row[f"{mode}_named"] = sum(len(set(p) & set(repeats)) for p in scored.patterns)
+            row[f"{mode}_others"] = sum(len(set(p) - set(repeats)) for p in scored.patterns)
         if repeats:
             row["once"] = once(methods["off"], batch, features, size, args.singletons)
         rows.append(row)
@@ -156,8 +158,9 @@ def _pair(group: list[dict], key: str) -> str:
 
 def report(rows: list[dict]) -> str:
     lines = ["| kind | repeats | once (img / pix) | musc repeat (img / pix) | exclude repeat (img / pix) | "
-             "musc one-off (img / pix) | exclude one-off (img / pix) | patterns (false) | carriers named |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "musc one-off (img / pix) | exclude one-off (img / pix) | patterns (false) | carriers named | "
+             "other images in patterns |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["kind"], r["fraction"]) for r in rows})
     for kind, fraction in keys:
         group = [r for r in rows if r["kind"] == kind and r["fraction"] == fraction]
@@ -167,14 +170,14 @@ def report(rows: list[dict]) -> str:
         named = f"{sum(r['exclude_named'] for r in group)}/{sum(r['repeats'] for r in group)}"
         lines.append(f"| {kind} | {fraction:.0%} ({group[0]['repeats']}) | {pair('once')} | {pair('off_repeat')} | "
                      f"{pair('exclude_repeat')} | {pair('off_oneoff')} | {pair('exclude_oneoff')} | "
-                     f"{found} ({false}) | {named} |")
+                     f"{found} ({false}) | {named} | {sum(r.get('exclude_others', 0) for r in group)} |")
     lines += ["", "Largest loss against exact MuSc over every batch (exclude - off; negative = loss):", ""]
     for key in ("oneoff", "defects"):
         for j, what in enumerate(("image", "pixel")):
             clean = [r[f"exclude_{key}"][j] - r[f"off_{key}"][j] for r in rows if r["repeats"] == 0]
             every = [r[f"exclude_{key}"][j] - r[f"off_{key}"][j] for r in rows]
-            lines.append(f"- {key} {what} AUROC: worst {min(every):+.4f} over all batches, "
-                         f"worst {min(clean):+.4f} on batches without repeats")
+            lines.append(f"- {key} {what} AUROC: worst {min(every):+.4f} over all batches"
+                         + (f", worst {min(clean):+.4f} on batches without repeats" if clean else ""))
     for fraction in sorted({r["fraction"] for r in rows if r["repeats"]}):
         gap = [r["exclude_repeat"][0] - r["once"][0] for r in rows if r["fraction"] == fraction]
         lines.append(f"- repeat {fraction:.0%}: exclude image AUROC - once: mean {np.mean(gap):+.4f}, "
