@@ -413,8 +413,9 @@ def test_a_nan_good_image_is_left_out_of_the_thresholds_not_the_end_of_the_run(t
     assert len(rows) == 3 and all(r["error"] == "" and r["score"] != "" for r in rows)
 
 
-@pytest.mark.parametrize("method, name", [("clip", "gaussian_smooth"), ("musc", "musc_patch_scores")])
-def test_an_internal_error_exits_3_with_the_traceback_in_a_log(tmp_path, monkeypatch, capsys, method, name):
+@pytest.mark.parametrize("method, where, name", [("clip", None, "gaussian_smooth"),
+                                                 ("musc", "zsad.methods.musc.msm", "mutual_scores")])
+def test_an_internal_error_exits_3_with_the_traceback_in_a_log(tmp_path, monkeypatch, capsys, method, where, name):
     from zsad.methods import method_class
 
     _write_inputs(tmp_path / "imgs", 5)
@@ -422,8 +423,9 @@ def test_an_internal_error_exits_3_with_the_traceback_in_a_log(tmp_path, monkeyp
     def deep_failure(*args, **kwargs):
         raise RuntimeError("planted failure deep in the scoring code")
 
-    # the function as the method's own module calls it (map smoothing for clip, mutual scoring for musc)
-    module = sys.modules[method_class(method).__module__]
+    # the function as its caller looks it up: clip's map smoothing in the method's own module; musc's one MSM pass
+    # in msm.py, which exact and repeat-aware mutual scoring in one process both go through
+    module = sys.modules[where or method_class(method).__module__]
     assert callable(getattr(module, name))
     monkeypatch.setattr(module, name, deep_failure)
     out = tmp_path / "out"

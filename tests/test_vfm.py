@@ -76,13 +76,15 @@ def test_equals_the_official_code_on_recorded_outputs(parts, adapter):
     np.testing.assert_allclose(logits, recorded["logits"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(maps, recorded["map"], atol=1e-4)
     np.testing.assert_allclose(scores, recorded["score"], atol=1e-5)
-    plain = _create(adapter, pos_interpolation="bicubic", onednn=False).method  # F.linear: the official arithmetic
+    # F.linear: the official arithmetic (bit-identical where recorded; other machines and BLAS builds round
+    # differently, so the check is at float32 rounding, 10x tighter than the oneDNN path's)
+    plain = _create(adapter, pos_interpolation="bicubic", onednn=False).method
     with torch.inference_mode():
         plain_summary, plain_spatial = vfm_features(plain.backbone, x)
         plain_scores, plain_maps = plain(x)
     for ours, theirs in ((plain_summary, "summary"), (plain_spatial, "spatial"), (plain_maps, "map"),
                          (plain_scores, "score")):
-        np.testing.assert_array_equal(ours.numpy(), recorded[theirs])
+        np.testing.assert_allclose(ours.numpy(), recorded[theirs], rtol=1e-6, atol=1e-6)
     for i, result in enumerate(detector.score(images)):
         assert abs(result.image_score - float(recorded["score"][i])) <= 1e-5
         np.testing.assert_allclose(result.raw.anomaly_map, recorded[f"at_size{i}"], atol=1e-4)
