@@ -160,6 +160,9 @@ def process_group(args: argparse.Namespace) -> Iterator:
     try:
         dist.check_same({k: v for k, v in vars(args).items() if k not in _PER_RANK_ARGUMENTS}, "arguments")
         yield dist
+        # every rank done before any tears the group down: rank 0 still prints the summary after the last
+        # collective, and a peer destroying the group meanwhile aborted it at exit once ("terminate called")
+        dist.barrier("finishing")
     finally:
         dist.close()
 
