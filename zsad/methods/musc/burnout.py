@@ -24,6 +24,15 @@ from torch import Tensor
 SAMPLE_PATCHES = 16384
 #: rows of the table processed at once (bounds the top-k's memory to ``chunk * L * (k + T)`` floats)
 ROW_CHUNK = 8
+#: a normal distribution's standard deviation per unit of its median absolute deviation
+MAD_TO_SIGMA = 1.4826
+
+
+def median_and_mad(sample: Tensor) -> tuple[Tensor, Tensor]:
+    """Median and median absolute deviation along dim 0: the batch's robust centre and spread (a repeated defect's
+    patches must not widen the yardstick they are measured with)."""
+    median = sample.median(dim=0).values
+    return median, (sample - median).abs().median(dim=0).values
 
 
 def skip_grid(references: int, k: int, max_fraction: float) -> list[int]:
@@ -125,8 +134,8 @@ class BurnoutCurves:
                 raise RuntimeError("no mutual-scoring pass was added")
             means = self.skip_means(self.mean_table()).cpu()
             sample = self.sampled(means)
-            median = sample.median(dim=0).values
-            spread = ((sample - median).abs().median(dim=0).values * 1.4826).clamp_min(1e-12)
+            median, mad = median_and_mad(sample)
+            spread = (mad * MAD_TO_SIGMA).clamp_min(1e-12)
             self._z = (means - median) / spread
         return self._z
 

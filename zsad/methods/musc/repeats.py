@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zsad.errors import UsageError
-from zsad.methods.musc.burnout import BurnoutCurves
+from zsad.methods.musc.burnout import MAD_TO_SIGMA, BurnoutCurves, median_and_mad
 from zsad.methods.musc.msm import _lnamd_streamed, _num_kept, musc_patch_scores
 from zsad.scoring.regions import grid_cell
 
@@ -194,8 +194,8 @@ def candidate_thresholds(curves: BurnoutCurves, gain: Tensor, settings: RepeatSe
     normal patches' curves rise depends on the backbone and the product."""
     sample_gain = curves.sampled(gain)
     sample_z0 = curves.sampled(curves.z()[..., 0])
-    median = float(sample_gain.median())
-    spread = float((sample_gain - median).abs().median()) * 1.4826
+    median_t, mad = median_and_mad(sample_gain)
+    median, spread = float(median_t), float(mad) * MAD_TO_SIGMA
     gain_at = max(settings.min_gain, median + settings.gain_spread * spread)
     level_at = max(settings.min_level, float(torch.quantile(sample_z0, settings.level_quantile)))
     return gain_at, level_at
