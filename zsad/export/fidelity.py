@@ -68,6 +68,12 @@ def fp32_ok(figures: dict[str, float]) -> bool:
     return figures["map_max_abs_diff"] <= FP32_MAP_TOL and figures["score_max_abs_diff"] <= FP32_SCORE_TOL
 
 
+def int8_ok(figures: dict[str, float], bar: dict[str, float]) -> bool:
+    """Whether int8 agreement figures (:meth:`Int8Agreement.to_dict`, or the agreement itself) reach ``bar``
+    (:data:`INT8_GOAL` or :data:`INT8_FLOOR`)."""
+    return figures["pearson_min"] >= bar["pearson_min"] and figures["auroc_delta"] <= bar["auroc_delta"]
+
+
 @dataclass
 class Int8Agreement:
     pearson_min: float
@@ -78,7 +84,7 @@ class Int8Agreement:
     score_max_abs_diff: float
 
     def meets(self, bar: dict[str, float]) -> bool:
-        return self.pearson_min >= bar["pearson_min"] and self.auroc_delta <= bar["auroc_delta"]
+        return int8_ok(asdict(self), bar)
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(v, 6) for k, v in asdict(self).items()}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from zsad.backbones.export_folder import RUNTIMES, Manifest
+from zsad.backbones.export_folder import RUNTIMES, Manifest, engine_of
 from zsad.backbones.onnx import open_export, runtime_available
 from zsad.export import fidelity
 
@@ -31,8 +31,7 @@ def fidelity_ok(runtime: str, manifest: Manifest) -> bool:
     figures = int8.get("agreement") if runtime == "onnx-int8" else int8.get("openvino")
     if not figures or int8.get("forced"):
         return False
-    return (figures["pearson_min"] >= fidelity.INT8_GOAL["pearson_min"]
-            and figures["auroc_delta"] <= fidelity.INT8_GOAL["auroc_delta"])
+    return fidelity.int8_ok(figures, fidelity.INT8_GOAL)
 
 
 def measure(folder: Path, manifest: Manifest, image: Image.Image, *, threads: int | None = None,
@@ -63,7 +62,7 @@ def measure(folder: Path, manifest: Manifest, image: Image.Image, *, threads: in
 
 def _unavailable(runtime: str, folder: Path, manifest: Manifest) -> str | None:
     if not runtime_available(runtime):
-        return f"{'openvino' if runtime.startswith('openvino') else 'onnxruntime'} not installed at export"
+        return f"{engine_of(runtime)} not installed at export"
     if not (folder / RUNTIMES[runtime][1]).is_file():
         return "no int8 graph (export with --int8)"
     if runtime == "openvino-int8" and (manifest.int8 or {}).get("mode") != "static":
