@@ -109,6 +109,11 @@ class Manifest:
     def layers(self) -> list[int]:
         return list(self.call.layers)
 
+    @property
+    def static_int8(self) -> bool:
+        """Whether the int8 graph is static QDQ, the one OpenVINO runs as int8 (a dynamic one is ONNX Runtime's)."""
+        return (self.int8 or {}).get("mode", "dynamic") == "static"
+
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["facts"] = dataclasses.asdict(self.facts)

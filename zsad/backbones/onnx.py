@@ -226,7 +226,7 @@ def open_export(folder: str | Path, runtime: str = "onnx", *, device: str | torc
         hint = f" (export again with --int8{' static' if runtime == 'openvino-int8' else ''})" \
             if precision == "int8" else " (export again)"
         raise UsageError(f"export {path} has no {name}{hint}")
-    if runtime == "openvino-int8" and model is None and (manifest.int8 or {}).get("mode", "dynamic") != "static":
+    if runtime == "openvino-int8" and model is None and not manifest.static_int8:
         raise UsageError(f"export {path}: openvino-int8 runs the static int8 graph, this export's is dynamic "
                          f"(ONNX Runtime only); export again with --int8 static, or use --runtime onnx-int8")
     tensors = _read_tensors(path / TENSORS, load_file)

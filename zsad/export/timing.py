@@ -65,6 +65,6 @@ def _unavailable(runtime: str, folder: Path, manifest: Manifest) -> str | None:
         return f"{engine_of(runtime)} not installed at export"
     if not (folder / RUNTIMES[runtime][1]).is_file():
         return "no int8 graph (export with --int8)"
-    if runtime == "openvino-int8" and (manifest.int8 or {}).get("mode") != "static":
+    if runtime == "openvino-int8" and not manifest.static_int8:
         return "the int8 graph is dynamic (ONNX Runtime only); --int8 static makes one OpenVINO runs"
     return None
